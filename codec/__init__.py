@@ -1,0 +1,1 @@
+"""The neural codec: encode speech into RVQ tokens and decode them back."""

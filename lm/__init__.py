@@ -1,0 +1,1 @@
+"""The VALL-E language models: AR and NAR transformers, sampling and generation."""
