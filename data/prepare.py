@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speakers", type=int, default=None, help="synthetic: number of speakers")
     parser.add_argument("--workers", type=int, default=None, help="synthetic: parallel processes (default: all cores)")
     parser.add_argument("--no-flite", action="store_true", help="synthetic: use eSpeak NG voices only")
+    parser.add_argument("--subsets", nargs="+", help="libritts: which subsets to read (default: all found)")
+    parser.add_argument("--mic", choices=("mic1", "mic2"), default="mic1", help="vctk: which microphone")
+    parser.add_argument("--speaker", help="jsonl: speaker for rows that name none (default: the file's name)")
     parser.add_argument("--min-duration", type=float, default=0.5, help="drop shorter utterances (seconds)")
     parser.add_argument("--max-duration", type=float, default=20.0, help="drop longer utterances (seconds)")
     parser.add_argument("--dev-fraction", type=float, default=0.02, help="share of utterances held out for validation")
@@ -98,8 +101,13 @@ def run(args: argparse.Namespace) -> dict[str, CorpusSummary]:
 
         if args.root is None:
             raise SystemExit(f"{args.corpus} needs --root: the directory the corpus was unpacked into")
-        result = READERS[args.corpus](args.root, language=args.language)
+        options = {"libritts": {"subsets": args.subsets}, "vctk": {"mic": args.mic}, "jsonl": {"speaker": args.speaker}}
+        result = READERS[args.corpus](args.root, language=args.language, **options.get(args.corpus, {}))
         utterances, skipped = result.utterances, result.skipped
+        for reason, where in result.examples.items():
+            print(f"skipped ({reason}), e.g. {', '.join(map(str, where))}")
+        for reason, n in result.fallbacks.items():
+            print(f"{n} transcripts: {reason}")
         held_out = args.held_out_speakers or 0
     summaries = write_corpus(
         args.out,

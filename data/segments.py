@@ -1,0 +1,68 @@
+"""Fixed-length audio segments cut from a manifest's utterances: what the codec trains on."""
+
+from __future__ import annotations
+
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset
+
+from data.audio import load_audio, resample
+from data.manifest import Utterance
+
+
+class AudioSegments(Dataset):
+    """Crops of `segment_seconds` from each utterance, resampled to `sample_rate`, as [1, T] float32.
+
+    Random crops (training) draw from torch's global RNG, which Accelerate seeds and restores on
+    resume; `random_crop=False` takes each utterance's first segment (validation, reproducible).
+    Shorter utterances are zero-padded at the end. With `cache=True` every utterance is decoded
+    once and kept in memory as 16-bit samples, which pays off when a small corpus is read many
+    times per epoch (the CPU presets).
+    """
+
+    def __init__(
+        self,
+        utterances: list[Utterance],
+        sample_rate: int,
+        segment_seconds: float,
+        random_crop: bool = True,
+        cache: bool = False,
+    ):
+        if not utterances:
+            raise ValueError("AudioSegments needs at least one utterance; is the manifest empty?")
+        if segment_seconds <= 0:
+            raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
+        self.utterances = utterances
+        self.sample_rate = sample_rate
+        self.segment_length = round(segment_seconds * sample_rate)
+        self.random_crop = random_crop
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def _offset(self, available: int, wanted: int) -> int:
+        if not self.random_crop or available <= wanted:
+            return 0
+        return int(torch.randint(0, available - wanted + 1, ()))
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.cache is not None:
+            if index not in self.cache:
+                wav, _ = load_audio(self.utterances[index].audio_path, self.sample_rate)
+                self.cache[index] = (wav.clamp(-1, 1) * 32767).round().to(torch.int16)
+            full = self.cache[index]
+            start = self._offset(full.shape[-1], self.segment_length)
+            wav = full[:, start : start + self.segment_length].float() / 32767
+        else:
+            wav = self._read_crop(self.utterances[index].audio_path)
+        return torch.nn.functional.pad(wav, (0, self.segment_length - wav.shape[-1]))
+
+    def _read_crop(self, path: str) -> torch.Tensor:
+        """Read only the frames of the crop (not the whole file), then resample."""
+        info = sf.info(path)
+        wanted = -(-self.segment_length * info.samplerate // self.sample_rate)  # in the file's rate
+        start = self._offset(info.frames, wanted)
+        data, sr = sf.read(path, start=start, frames=wanted, dtype="float32", always_2d=True)
+        wav = torch.from_numpy(data.T.copy()).mean(dim=0, keepdim=True)
+        return resample(wav, sr, self.sample_rate)[:, : self.segment_length]
