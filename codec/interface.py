@@ -1,0 +1,123 @@
+"""What every codec offers the rest of Echo, and how a codec directory or hub id is loaded.
+
+Two implementations sit behind this interface: Echo's own RVQ codec (`codec.model.EchoCodec`)
+and pretrained EnCodec through transformers (`codec.encodec.EncodecCodec`). The LM never
+knows which one made its tokens; it stores the codec's `identity` and refuses tokens from
+another codec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class CodecIdentity:
+    """Everything that must match between the codec that made tokens and the LM that reads them."""
+
+    name: str  # "echo" or "encodec"
+    config_hash: str  # of the codec's configuration (not its weights: fine-tuning keeps the token space)
+    sample_rate: int
+    frame_rate: float
+    n_q: int
+    codebook_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CodecIdentity":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def check_compatible(self, other: "CodecIdentity", what: str = "these tokens") -> None:
+        """Raise ValueError naming every field where `other` (e.g. a shard's codec) differs from `self`."""
+        diffs = [
+            f"{name}: {getattr(self, name)!r} != {getattr(other, name)!r}"
+            for name in self.__dataclass_fields__
+            if getattr(self, name) != getattr(other, name)
+        ]
+        if diffs:
+            raise ValueError(
+                f"{what} come from a different codec ({'; '.join(diffs)}); "
+                "re-tokenize the corpus with the codec this model was trained with"
+            )
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-serialisable configuration."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class Codec(nn.Module):
+    """Base class: `encode(wav [B, 1, T]) -> codes [B, K, F]`, `decode(codes) -> wav [B, 1, T]`."""
+
+    sample_rate: int
+    frame_rate: float
+    n_q: int
+    codebook_size: int
+
+    @property
+    def identity(self) -> CodecIdentity:
+        raise NotImplementedError
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per codec frame."""
+        return round(self.sample_rate / self.frame_rate)
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        raise NotImplementedError
+
+    def check_wav(self, wav: torch.Tensor) -> None:
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"codec.encode expects mono audio [B, 1, T], got shape {tuple(wav.shape)}")
+        if wav.shape[-1] == 0:
+            raise ValueError("codec.encode got empty audio (T = 0)")
+
+    def check_codes(self, codes: torch.Tensor) -> None:
+        if codes.dim() != 3:
+            raise ValueError(f"codec.decode expects codes [B, K, F], got shape {tuple(codes.shape)}")
+        if not 1 <= codes.shape[1] <= self.n_q:
+            raise ValueError(f"codec.decode got {codes.shape[1]} codebooks; this codec has 1 to {self.n_q}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(
+                f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]"
+            )
+
+
+def load_codec(path_or_hub_id: str | Path, **kwargs: Any) -> Codec:
+    """Load Echo's codec or EnCodec from a directory (by its config.json) or a hub id (EnCodec)."""
+    path = Path(path_or_hub_id)
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path} has no config.json; is it a codec directory written by save_pretrained?")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type == "echo_codec":
+            from codec.model import EchoCodec
+
+            return EchoCodec.from_pretrained(path, **kwargs)
+        if model_type == "encodec":
+            from codec.encodec import EncodecCodec
+
+            return EncodecCodec.from_pretrained(path, **kwargs)
+        raise ValueError(f"{config_file} describes a {model_type!r} model; expected an Echo codec or EnCodec")
+    if path.exists() or str(path_or_hub_id).startswith((".", "/")):
+        raise FileNotFoundError(f"codec directory {path} does not exist")
+    from codec.encodec import EncodecCodec  # a hub id such as facebook/encodec_24khz
+
+    return EncodecCodec.from_pretrained(str(path_or_hub_id), **kwargs)

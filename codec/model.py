@@ -1,0 +1,194 @@
+"""Echo's neural codec: SEANet encoder → residual vector quantizer → SEANet decoder.
+
+    codes = codec.encode(wav)    # wav [B, 1, T] at codec.sample_rate -> codes [B, K, F]
+    wav = codec.decode(codes)    # codes [B, K', F], K' <= K -> wav [B, 1, F * hop_length]
+
+A directory written by `save_pretrained` holds `config.json` and `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from codec.interface import Codec, CodecIdentity, config_hash
+from codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
+from codec.seanet import Decoder, Encoder
+
+
+@dataclass
+class CodecConfig:
+    sample_rate: int = 24000
+    channels: int = 32  # width of the first encoder block; doubles at every stride
+    strides: tuple[int, ...] = (2, 4, 5, 8)  # hop length = product: 320 samples = 75 Hz at 24 kHz
+    dilations: tuple[int, ...] = (1, 3, 9)
+    latent_dim: int = 128
+    n_q: int = 8
+    codebook_size: int = 1024
+    activation: str = "snake"  # or "elu"
+    causal: bool = False
+    lstm_layers: int = 0  # LSTM at the bottleneck (0: none)
+    quantizer_dropout: float = 0.5  # share of items trained with a random number of codebooks
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 0.01  # relative to the usage a code would have if all were used equally
+    kmeans_init: bool = True
+    model_type: str = field(default="echo_codec", init=False)
+
+    def __post_init__(self) -> None:
+        self.strides = tuple(self.strides)
+        self.dilations = tuple(self.dilations)
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if not self.strides or any(s < 1 for s in self.strides):
+            raise ValueError(f"strides must be a non-empty list of positive integers, got {self.strides}")
+        if self.sample_rate % self.hop_length:
+            raise ValueError(
+                f"sample_rate {self.sample_rate} is not a multiple of the hop length {self.hop_length} "
+                f"(the product of strides {self.strides}); the frame rate would not be whole"
+            )
+        if self.n_q < 1:
+            raise ValueError(f"n_q must be at least 1, got {self.n_q}")
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
+        if self.channels < 2 or self.channels % 2:
+            raise ValueError(f"channels must be an even number >= 2 (residual units halve it), got {self.channels}")
+        if self.activation not in ("snake", "elu"):
+            raise ValueError(f"activation must be 'snake' or 'elu', got {self.activation!r}")
+        if not 0.0 <= self.quantizer_dropout <= 1.0:
+            raise ValueError(f"quantizer_dropout is a probability in [0, 1], got {self.quantizer_dropout}")
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second with all codebooks."""
+        return self.frame_rate * self.n_q * math.log2(self.codebook_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["strides"], d["dilations"] = list(self.strides), list(self.dilations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = set(d) - known - {"model_type"}
+        if unknown:
+            raise ValueError(f"unknown codec config field(s) {sorted(unknown)}; known: {sorted(known)}")
+        if d.get("model_type", "echo_codec") != "echo_codec":
+            raise ValueError(f"config describes a {d['model_type']!r} model, not an Echo codec")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class CodecOutput:
+    wav: torch.Tensor  # [B, 1, T] reconstruction, trimmed to the input length
+    codes: torch.Tensor  # [B, K, F]
+    commitment_loss: torch.Tensor  # scalar
+    quantizer: QuantizerOutput  # everything the quantizer reports (usage, perplexity, codebooks used)
+
+
+class EchoCodec(Codec):
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.config = config
+        arch = dict(
+            channels=config.channels,
+            strides=config.strides,
+            latent_dim=config.latent_dim,
+            dilations=config.dilations,
+            act=config.activation,
+            causal=config.causal,
+            lstm_layers=config.lstm_layers,
+        )
+        self.encoder = Encoder(**arch)
+        self.quantizer = ResidualVectorQuantizer(
+            dim=config.latent_dim,
+            n_q=config.n_q,
+            codebook_size=config.codebook_size,
+            quantizer_dropout=config.quantizer_dropout,
+            decay=config.ema_decay,
+            dead_code_threshold=config.dead_code_threshold,
+            kmeans_init=config.kmeans_init,
+        )
+        self.decoder = Decoder(**arch)
+
+    sample_rate = property(lambda self: self.config.sample_rate)
+    frame_rate = property(lambda self: self.config.frame_rate)
+    n_q = property(lambda self: self.config.n_q)
+    codebook_size = property(lambda self: self.config.codebook_size)
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def identity(self) -> CodecIdentity:
+        return CodecIdentity(
+            name="echo",
+            config_hash=config_hash(self.config.to_dict()),
+            sample_rate=self.sample_rate,
+            frame_rate=self.frame_rate,
+            n_q=self.n_q,
+            codebook_size=self.codebook_size,
+        )
+
+    def _pad(self, wav: torch.Tensor) -> torch.Tensor:
+        """Right-pad to whole frames: F = ceil(T / hop_length)."""
+        extra = -wav.shape[-1] % self.hop_length
+        return torch.nn.functional.pad(wav, (0, extra))
+
+    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+        """Training path: reconstruct `wav` [B, 1, T] through the quantizer (with quantizer dropout in train mode)."""
+        self.check_wav(wav)
+        T = wav.shape[-1]
+        latent = self.encoder(self._pad(wav))  # [B, D, F]
+        q = self.quantizer(latent, n_q=n_q)
+        out = self.decoder(q.z_q)[..., :T]  # [B, 1, T]
+        return CodecOutput(wav=out, codes=q.codes, commitment_loss=q.commitment_loss, quantizer=q)
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """wav [B, 1, T] -> codes LongTensor [B, K, ceil(T / hop_length)]."""
+        self.check_wav(wav)
+        latent = self.encoder(self._pad(wav))
+        return self.quantizer.encode(latent, n_q=n_q)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, F] (the first K codebooks) -> wav [B, 1, F * hop_length]."""
+        self.check_codes(codes)
+        return self.decoder(self.quantizer.decode(codes))
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        tmp = directory / "model.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / "model.safetensors")
+        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "EchoCodec":
+        directory = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing; a codec directory is written by save_pretrained")
+        config = CodecConfig.from_dict(json.loads((directory / "config.json").read_text()))
+        model = cls(config)
+        model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
+        return model.to(device).eval()

@@ -1,0 +1,256 @@
+"""Train Echo's neural codec on a manifest's audio.
+
+    python recipes/train_codec.py --preset cpu --train_manifest runs/quickstart/corpus/train.jsonl
+    accelerate launch recipes/train_codec.py --preset base --run_dir runs/codec-base   # GPUs, bf16
+    python recipes/train_codec.py --preset cpu --resume          # go on from the last checkpoint
+
+Any config key can be overridden: `--steps 2000 --model.n_q 4 --loss_weights.mel 30`.
+The run directory receives config.yaml, TensorBoard logs, checkpoints, audio samples and,
+at the end, the exported codec in `model/` (load it with `codec.load_codec`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from codec.discriminators import Discriminator, DiscriminatorConfig
+from codec.losses import (
+    discriminator_adversarial_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    mel_distance,
+    multiscale_mel_loss,
+    waveform_l1_loss,
+)
+from codec.model import CodecConfig, EchoCodec
+from data.audio import write_audio
+from data.manifest import read_manifest
+from data.plots import spectrogram_image
+from data.segments import AudioSegments
+from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, resume_from_checkpoint, save_checkpoint, save_config
+
+
+@dataclass
+class LossWeights:
+    mel: float = 15.0
+    waveform: float = 0.0
+    commitment: float = 1.0
+    adversarial: float = 3.0  # the adversarial and feature losses average over sub-discriminators (EnCodec's scale)
+    feature_matching: float = 3.0
+
+
+@dataclass
+class TrainCodecConfig:
+    model: CodecConfig = field(default_factory=CodecConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    train_manifest: str = "runs/quickstart/corpus/train.jsonl"
+    dev_manifest: str = "runs/quickstart/corpus/dev.jsonl"
+    run_dir: str = "runs/codec"
+    steps: int = 10000
+    batch_size: int = 8
+    segment_seconds: float = 1.0
+    lr: float = 3e-4
+    discriminator_lr: float = 3e-4
+    betas: tuple[float, ...] = (0.8, 0.99)
+    warmup_steps: int = 200
+    grad_clip: float = 10.0
+    gradient_accumulation_steps: int = 1
+    gan: bool = True
+    gan_start_step: int = 0  # generator-only warm-up before the discriminators join
+    bf16: bool = True  # on GPUs; CPUs train in float32
+    num_workers: int = 0
+    cache_audio: bool = False
+    log_every: int = 10
+    val_every: int = 500
+    val_items: int = 16
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--preset", default="cpu", help="tiny, cpu, base, or a path to a YAML file")
+    parser.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    return parser
+
+
+@torch.no_grad()
+def validate(codec: EchoCodec, dev: AudioSegments, items: int) -> dict[str, float | list[torch.Tensor]]:
+    """Mel distance of reconstructions at every codebook and at codebook 1 alone, on fixed dev segments."""
+    codec.eval()
+    result: dict[str, float | list[torch.Tensor]] = {"samples": []}
+    distances = {codec.n_q: [], 1: []}
+    device = next(codec.parameters()).device
+    for i in range(min(items, len(dev))):
+        wav = dev[i].unsqueeze(0).to(device)  # [1, 1, T]
+        codes = codec.encode(wav)
+        for n_q in distances:
+            recon = codec.decode(codes[:, :n_q])[..., : wav.shape[-1]]
+            distances[n_q].append(float(mel_distance(recon, wav, codec.sample_rate)))
+            if i < 2:
+                result["samples"].append((f"{i}/q{n_q}", recon[0].cpu()))
+        if i < 2:
+            result["samples"].append((f"{i}/original", wav[0].cpu()))
+    for n_q, values in distances.items():
+        result[f"mel_distance_q{n_q}"] = sum(values) / len(values)
+    codec.train()
+    return result
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(TrainCodecConfig, args.preset, overrides, preset_dir=CONFIG_DIR / "codec")
+    run_dir = Path(cfg.run_dir)
+    if checkpoint_dirs(run_dir) and not args.resume:
+        raise SystemExit(f"{run_dir} already has checkpoints: pass --resume to continue, or choose another --run_dir")
+
+    accelerator = Accelerator(
+        mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    accelerator.init_trackers("codec")
+
+    sr = cfg.model.sample_rate
+    train_set = AudioSegments(read_manifest(cfg.train_manifest), sr, cfg.segment_seconds, cache=cfg.cache_audio)
+    dev_set = AudioSegments(read_manifest(cfg.dev_manifest)[: cfg.val_items], sr, 2 * cfg.segment_seconds, random_crop=False)
+    loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
+    if len(loader) == 0:
+        raise SystemExit(f"{cfg.train_manifest} has {len(train_set)} utterances, fewer than one batch of {cfg.batch_size}")
+
+    codec = EchoCodec(cfg.model)
+    discriminator = Discriminator(cfg.discriminator)
+    opt_g = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.discriminator_lr, betas=cfg.betas)
+    codec, discriminator, opt_g, opt_d, loader = accelerator.prepare(codec, discriminator, opt_g, opt_d, loader)
+
+    state = resume_from_checkpoint(accelerator, run_dir) if args.resume else None
+    step = state["step"] if state else 0
+    if state:
+        accelerator.print(f"resumed from step {step}")
+    n_params = sum(p.numel() for p in accelerator.unwrap_model(codec).parameters())
+    accelerator.print(
+        f"codec: {n_params / 1e6:.2f} M parameters, {cfg.model.frame_rate:g} Hz frames, "
+        f"{cfg.model.bitrate / 1000:g} kbps; {len(train_set)} training utterances"
+    )
+
+    w = cfg.loss_weights
+    batches = (batch for _ in itertools.count() for batch in loader)
+    progress = tqdm(total=cfg.steps, initial=step, desc="codec", disable=not accelerator.is_main_process)
+    frames_seen, clock = 0, time.perf_counter()
+    while step < cfg.steps:
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+        lr_d = lr_at(step, cfg.discriminator_lr, cfg.warmup_steps, cfg.steps)
+        for group in opt_g.param_groups:
+            group["lr"] = lr
+        for group in opt_d.param_groups:
+            group["lr"] = lr_d
+        use_gan = cfg.gan and step >= cfg.gan_start_step
+        wav = next(batches)  # [B, 1, T]
+
+        with accelerator.accumulate(codec, discriminator):
+            out = codec(wav)
+            recon = out.wav.float()
+            losses = {
+                "mel": multiscale_mel_loss(recon, wav, sr),
+                "waveform": waveform_l1_loss(recon, wav),
+                "commitment": out.commitment_loss,
+            }
+            if use_gan:
+                # The generator's loss goes through a frozen, unwrapped discriminator: its gradient must
+                # reach the codec only, never the discriminator's parameters (nor DDP's gradient hooks).
+                frozen = accelerator.unwrap_model(discriminator).requires_grad_(False)
+                fake = frozen(recon)
+                with torch.no_grad():
+                    real = frozen(wav)
+                frozen.requires_grad_(True)
+                losses["adversarial"] = generator_adversarial_loss(fake.logits)
+                losses["feature_matching"] = feature_matching_loss(real.features, fake.features)
+            loss_g = sum(getattr(w, name) * value for name, value in losses.items())
+            opt_g.zero_grad(set_to_none=True)
+            accelerator.backward(loss_g)
+            if accelerator.sync_gradients:
+                grad_norm_g = accelerator.clip_grad_norm_(codec.parameters(), cfg.grad_clip)
+            opt_g.step()
+
+            if use_gan:
+                real, fake = discriminator(wav), discriminator(recon.detach())
+                loss_d = discriminator_adversarial_loss(real.logits, fake.logits)
+                opt_d.zero_grad(set_to_none=True)
+                accelerator.backward(loss_d)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(discriminator.parameters(), cfg.grad_clip)
+                opt_d.step()
+                losses["discriminator"] = loss_d
+
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        progress.update(1)
+        frames_seen += wav.shape[0] * wav.shape[-1] * accelerator.num_processes
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            q = out.quantizer
+            logs = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
+            logs.update({"train/loss": float(loss_g.detach()), "train/lr": lr, "train/grad_norm": float(grad_norm_g)})
+            logs.update({f"codebooks/perplexity_{k + 1}": float(p) for k, p in enumerate(q.perplexity)})
+            logs.update({f"codebooks/usage_{k + 1}": float(u) for k, u in enumerate(q.usage)})
+            elapsed = time.perf_counter() - clock
+            logs["train/audio_seconds_per_second"] = frames_seen / sr / max(elapsed, 1e-9)
+            frames_seen, clock = 0, time.perf_counter()
+            accelerator.log(logs, step=step)
+            progress.set_postfix(mel=f"{float(losses['mel']):.3f}", ppl1=f"{float(q.perplexity[0]):.0f}")
+
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            if accelerator.is_main_process:
+                result = validate(accelerator.unwrap_model(codec), dev_set, cfg.val_items)
+                accelerator.log({f"val/{k}": v for k, v in result.items() if k != "samples"}, step=step)
+                writer = accelerator.get_tracker("tensorboard", unwrap=True)
+                for name, sample in result["samples"]:
+                    writer.add_audio(f"samples/{name}", sample.reshape(-1), step, sample_rate=sr)
+                    writer.add_image(f"spectrograms/{name}", spectrogram_image(sample, sr), step, dataformats="HWC")
+                    write_audio(run_dir / "samples" / f"step{step}_{name.replace('/', '_')}.wav", sample, sr)
+                tqdm.write(
+                    f"step {step}: val mel distance {result[f'mel_distance_q{cfg.model.n_q}']:.3f} "
+                    f"(codebook 1 only: {result['mel_distance_q1']:.3f})"
+                )
+            accelerator.wait_for_everyone()
+
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(accelerator, run_dir, step, {"config": str(run_dir / "config.yaml")}, keep=cfg.keep_checkpoints)
+
+    progress.close()
+    accelerator.wait_for_everyone()
+    model_dir = run_dir / "model"
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(codec).save_pretrained(model_dir)
+        accelerator.print(f"codec exported to {model_dir}")
+    accelerator.end_training()
+    return model_dir
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Plain functions the training recipes share: presets with typed overrides, LR schedule, checkpoints.
+
+A run directory holds:
+
+    config.yaml              the fully resolved config of the run
+    logs/                    TensorBoard event files
+    checkpoints/step-N/      Accelerate state (model, optimizers, schedulers, RNG) + trainer_state.json
+    samples/                 audio written during validation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+C = TypeVar("C")
+
+
+# ---------------------------------------------------------------- configs
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to the field's declared type, or raise ValueError naming the field."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(name, value, option)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0])
+    if origin in (tuple, list):
+        (item_type, *_rest) = typing.get_args(annotation) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        items = [_check_type(name, v, item_type) for v in value]
+        return tuple(items) if origin is tuple else items
+    if annotation is Any or origin is dict:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if annotation is bool and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if annotation is int and isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not isinstance(value, annotation):
+        raise ValueError(f"{name} must be {annotation.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _apply(config: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    """Set `updates` on the dataclass `config`, recursing into nested dataclasses, checking names and types."""
+    hints = typing.get_type_hints(type(config))
+    names = {f.name for f in dataclasses.fields(config) if f.init}
+    for key, value in updates.items():
+        if key not in names:
+            raise ValueError(f"unknown config key {prefix + key!r}; known keys: {', '.join(sorted(prefix + n for n in names))}")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix + key} is a section; set its keys as {prefix + key}.NAME")
+            _apply(current, value, prefix=f"{prefix}{key}.")
+        else:
+            setattr(config, key, _check_type(prefix + key, value, hints[key]))
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`["--lr", "1e-3", "--model.n_q", "4"]` -> {"lr": 1e-3, "model": {"n_q": 4}}; values are parsed as YAML."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"expected --key value, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f"--{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        target = overrides
+        *sections, leaf = key.replace("-", "_").split(".")
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = yaml.safe_load(value) if value != "" else ""
+    return overrides
+
+
+def load_config(
+    config_type: type[C], preset: str | Path, overrides: list[str] | dict[str, Any] = (), preset_dir: Path = CONFIG_DIR
+) -> C:
+    """Build `config_type` from a YAML preset (a name in `preset_dir` or a path to a file) and overrides."""
+    path = Path(preset)
+    if not path.suffix:
+        path = preset_dir / f"{preset}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in preset_dir.glob("*.yaml"))
+        raise FileNotFoundError(f"no preset {preset!r} ({path}); available: {', '.join(available)}")
+    config = config_type()
+    _apply(config, yaml.safe_load(path.read_text()) or {})
+    _apply(config, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+    for value in [config] + [getattr(config, f.name) for f in dataclasses.fields(config)]:
+        if dataclasses.is_dataclass(value) and hasattr(value, "__post_init__"):
+            value.__post_init__()  # validate again after the overrides
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int, final_fraction: float = 0.1) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `final_fraction * peak` at `total_steps`."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (an interrupted save never has the final name)."""
+    root = Path(run_dir) / "checkpoints"
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator: Any, run_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Save the Accelerate state and `state` (JSON) as checkpoints/step-`step`, atomically; keep the newest `keep`.
+
+    Every process must call this (each saves its RNG state). The state is written into a
+    temporary directory that is renamed into place only once complete, so a SIGKILL at any
+    moment leaves either the previous checkpoints or the new one, never a torn one.
+    """
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}"
+    if accelerator.is_main_process:
+        for torn in root.glob(".tmp-step-*"):  # left by a process killed mid-save
+            shutil.rmtree(torn, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume_from_checkpoint(accelerator: Any, run_dir: str | Path) -> dict[str, Any] | None:
+    """Load the newest complete checkpoint of `run_dir` into the prepared objects; return its trainer state."""
+    found = checkpoint_dirs(run_dir)
+    if not found:
+        return None
+    accelerator.load_state(str(found[-1]))
+    return json.loads((found[-1] / "trainer_state.json").read_text())

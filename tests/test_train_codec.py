@@ -1,0 +1,96 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from codec.interface import load_codec
+from data.prepare import write_corpus
+from data.synthetic import build_synthetic_corpus
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+sys.path.insert(0, str(RECIPES))
+
+from train_codec import TrainCodecConfig  # noqa: E402
+from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, parse_overrides  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    utterances = build_synthetic_corpus(out, hours=0.01, num_speakers=4, sample_rate=16000, workers=1, use_flite=False)
+    write_corpus(out, utterances, {}, min_duration=0.3, max_duration=20, dev_fraction=0.2, held_out_speakers=0, seed=0)
+    return out
+
+
+def train(corpus: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    args = [
+        sys.executable, str(RECIPES / "train_codec.py"), "--preset", "tiny",
+        "--train_manifest", str(corpus / "train.jsonl"), "--dev_manifest", str(corpus / "dev.jsonl"),
+        "--run_dir", str(run_dir), *extra,
+    ]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    return output
+
+
+def test_presets_load_with_typed_overrides():
+    cfg = load_config(TrainCodecConfig, "cpu", ["--steps", "7", "--model.n_q=2", "--betas", "[0.5, 0.9]"],
+                      preset_dir=CONFIG_DIR / "codec")
+    assert cfg.steps == 7 and cfg.model.n_q == 2 and cfg.betas == (0.5, 0.9)
+    assert cfg.model.sample_rate == 16000  # from the preset
+    with pytest.raises(ValueError, match="unknown config key 'model.n_codebooks'"):
+        load_config(TrainCodecConfig, "tiny", ["--model.n_codebooks", "4"], preset_dir=CONFIG_DIR / "codec")
+    with pytest.raises(ValueError, match="steps must be int"):
+        load_config(TrainCodecConfig, "tiny", ["--steps", "many"], preset_dir=CONFIG_DIR / "codec")
+    with pytest.raises(ValueError, match="not a multiple of the hop length"):
+        load_config(TrainCodecConfig, "tiny", ["--model.strides", "[3, 7]"], preset_dir=CONFIG_DIR / "codec")
+    with pytest.raises(FileNotFoundError, match="available: base, cpu, tiny"):
+        load_config(TrainCodecConfig, "huge", [], preset_dir=CONFIG_DIR / "codec")
+    assert parse_overrides(["--a.b-c=1"]) == {"a": {"b_c": 1}}
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [lr_at(step, 1.0, warmup_steps=10, total_steps=100) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_train_is_killed_resumes_and_exports(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    process = train(corpus, run_dir, "--steps", "1000", "--checkpoint_every", "2", "--val_every", "1000")
+    deadline = time.time() + 240
+    while not checkpoint_dirs(run_dir) or checkpoint_dirs(run_dir)[-1].name == "step-2":  # kill after a rotation
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no second checkpoint within 240 s"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # wherever it is: mid-step or mid-save
+    process.wait()
+    saved = checkpoint_dirs(run_dir)
+    assert saved, "the kill must leave the last complete checkpoint behind"
+    last_step = json.loads((saved[-1] / "trainer_state.json").read_text())["step"]
+
+    refused = train(corpus, run_dir, "--steps", "8")
+    output, _ = refused.communicate(timeout=300)
+    assert refused.returncode != 0 and "pass --resume" in output
+
+    output = finish(train(corpus, run_dir, "--steps", str(last_step + 4), "--checkpoint_every", "2", "--resume"))
+    assert f"resumed from step {last_step}" in output
+    assert json.loads((checkpoint_dirs(run_dir)[-1] / "trainer_state.json").read_text())["step"] == last_step + 4
+    assert len(checkpoint_dirs(run_dir)) <= 2  # old checkpoints are rotated out
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # a save torn by the kill is cleaned up
+
+    codec = load_codec(run_dir / "model")
+    wav = torch.randn(1, 1, 3200) * 0.1
+    assert codec.decode(codec.encode(wav)).shape == (1, 1, 3200)
+    assert (run_dir / "config.yaml").is_file() and list((run_dir / "logs").rglob("events.out.tfevents*"))
+    assert list((run_dir / "samples").glob("*.wav"))
