@@ -68,10 +68,14 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def _apply(config: Any, updates: dict[str, Any], prefix: str = "") -> None:
-    """Set `updates` on the dataclass `config`, recursing into nested dataclasses, checking names and types."""
+def _apply(config: Any, updates: dict[str, Any], prefix: str = "") -> Any:
+    """Set `updates` on the dataclass `config`, recursing into nested dataclasses, checking names and types.
+
+    Returns the updated config: `config` itself, or a new one where it is a frozen dataclass.
+    """
     hints = typing.get_type_hints(type(config))
     names = {f.name for f in dataclasses.fields(config) if f.init}
+    changes = {}
     for key, value in updates.items():
         if key not in names:
             raise ValueError(f"unknown config key {prefix + key!r}; known keys: {', '.join(sorted(prefix + n for n in names))}")
@@ -79,9 +83,14 @@ def _apply(config: Any, updates: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ValueError(f"{prefix + key} is a section; set its keys as {prefix + key}.NAME")
-            _apply(current, value, prefix=f"{prefix}{key}.")
+            changes[key] = _apply(current, value, prefix=f"{prefix}{key}.")
         else:
-            setattr(config, key, _check_type(prefix + key, value, hints[key]))
+            changes[key] = _check_type(prefix + key, value, hints[key])
+    if type(config).__dataclass_params__.frozen:
+        return dataclasses.replace(config, **changes)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -118,8 +127,8 @@ def load_config(
         available = sorted(p.stem for p in preset_dir.glob("*.yaml"))
         raise FileNotFoundError(f"no preset {preset!r} ({path}); available: {', '.join(available)}")
     config = config_type()
-    _apply(config, yaml.safe_load(path.read_text()) or {})
-    _apply(config, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+    config = _apply(config, yaml.safe_load(path.read_text()) or {})
+    config = _apply(config, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     for value in [config] + [getattr(config, f.name) for f in dataclasses.fields(config)]:
         if dataclasses.is_dataclass(value) and hasattr(value, "__post_init__"):
             value.__post_init__()  # validate again after the overrides
@@ -155,21 +164,23 @@ def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int, final_fra
 # ---------------------------------------------------------------- checkpoints
 
 
-def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+def checkpoint_dirs(run_dir: str | Path, folder: str = "checkpoints") -> list[Path]:
     """Complete checkpoints of a run, oldest first (an interrupted save never has the final name)."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / folder
     found = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator: Any, run_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Save the Accelerate state and `state` (JSON) as checkpoints/step-`step`, atomically; keep the newest `keep`.
+def save_checkpoint(
+    accelerator: Any, run_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2, folder: str = "checkpoints"
+) -> Path:
+    """Save the Accelerate state and `state` (JSON) as `folder`/step-`step`, atomically; keep the newest `keep`.
 
     Every process must call this (each saves its RNG state). The state is written into a
     temporary directory that is renamed into place only once complete, so a SIGKILL at any
     moment leaves either the previous checkpoints or the new one, never a torn one.
     """
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / folder
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}"
     if accelerator.is_main_process:
@@ -183,15 +194,15 @@ def save_checkpoint(accelerator: Any, run_dir: str | Path, step: int, state: dic
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for old in checkpoint_dirs(run_dir)[:-keep]:
+        for old in checkpoint_dirs(run_dir, folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def resume_from_checkpoint(accelerator: Any, run_dir: str | Path) -> dict[str, Any] | None:
+def resume_from_checkpoint(accelerator: Any, run_dir: str | Path, folder: str = "checkpoints") -> dict[str, Any] | None:
     """Load the newest complete checkpoint of `run_dir` into the prepared objects; return its trainer state."""
-    found = checkpoint_dirs(run_dir)
+    found = checkpoint_dirs(run_dir, folder)
     if not found:
         return None
     accelerator.load_state(str(found[-1]))

@@ -1,0 +1,322 @@
+"""Train Echo's language models (AR and/or NAR) on a tokenized corpus.
+
+    python recipes/train_lm.py --preset cpu --tokens runs/quickstart/tokens --stage both
+    accelerate launch recipes/train_lm.py --preset base --tokens runs/libritts/tokens --stage ar
+    python recipes/train_lm.py --preset cpu --resume                     # go on from the last checkpoint
+    python recipes/train_lm.py --preset cpu --init_from runs/lm/model    # fine-tune an exported model
+
+`--stage ar` and `--stage nar` can run one after the other into the same run directory (each
+keeps its own checkpoints); `--stage both` trains the two side by side on the same batches.
+Any config key can be overridden: `--steps 2000 --ar.n_layers 6 --prompt.mode prefix`.
+The run directory receives config.yaml, TensorBoard logs, checkpoints-<stage>/ and, at the
+end, the exported model in `model/` (ar/, nar/, text/ and, with --codec, codec/), the
+directory `app.TTS.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from data.lm_data import FrameBudgetBatchSampler, LMBatch, LMDataset, PromptConfig
+from data.tokens import TokenCorpus
+from lm.ar import ARConfig, ARModel
+from lm.nar import NARConfig, NARModel
+from lm.pretrained import PretrainedLM, text_vocab_identity
+from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, resume_from_checkpoint, save_checkpoint, save_config
+
+STAGES = ("ar", "nar", "both")
+
+
+@dataclass
+class ModelSize:
+    d_model: int = 1024
+    n_heads: int = 16
+    n_layers: int = 12
+    ffn_dim: int = 4096
+    ffn: str = "gelu"
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainLMConfig:
+    ar: ModelSize = field(default_factory=ModelSize)
+    nar: ModelSize = field(default_factory=ModelSize)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    tokens: str = "runs/quickstart/tokens"
+    train_split: str = "train"
+    dev_split: str = "dev"
+    codec: str = ""  # codec directory to copy into the exported model (must match the tokens' codec)
+    init_from: str = ""  # an exported model directory to fine-tune from
+    run_dir: str = "runs/lm"
+    stage: str = "both"
+    steps: int = 100000
+    max_frames: int = 8000  # per batch and process: items x (text + prompt + target positions)
+    max_batch_size: int = 64
+    lr: float = 5e-4
+    betas: tuple[float, ...] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000
+    grad_clip: float = 1.0
+    gradient_accumulation_steps: int = 1
+    bf16: bool = True  # on GPUs; CPUs train in float32
+    num_workers: int = 0
+    log_every: int = 10
+    val_every: int = 1000
+    val_batches: int = 8
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--preset", default="cpu", help="tiny, cpu, base, or a path to a YAML file")
+    parser.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    return parser
+
+
+def build_models(cfg: TrainLMConfig, corpus: TokenCorpus, stages: list[str]) -> dict[str, PretrainedLM]:
+    """Fresh models sized by the config and shaped by the corpus, or the ones of `init_from`."""
+    codec, vocab = corpus.codec_identity, text_vocab_identity(corpus.vocab.to_dict())
+    models: dict[str, PretrainedLM] = {}
+    for stage in stages:
+        model_class, config_class = (ARModel, ARConfig) if stage == "ar" else (NARModel, NARConfig)
+        if cfg.init_from:
+            source = Path(cfg.init_from) / stage
+            models[stage] = model_class.from_pretrained(source, expect_codec=codec, expect_text_vocab=vocab)
+            continue
+        size = getattr(cfg, stage)
+        models[stage] = model_class(config_class(
+            text_vocab_size=len(corpus.vocab), text_pad_id=corpus.vocab.pad_id,
+            codebook_size=codec.codebook_size, n_q=codec.n_q, codec=codec.to_dict(), text_vocab=vocab,
+            d_model=size.d_model, n_heads=size.n_heads, n_layers=size.n_layers, ffn_dim=size.ffn_dim,
+            ffn=size.ffn, dropout=size.dropout,
+        ))  # fmt: skip
+    return models
+
+
+def nar_stages(batch: LMBatch, n_q: int, generator: torch.Generator) -> torch.Tensor:
+    """One codebook j in 2..K per item, uniformly: LongTensor [B]."""
+    return torch.randint(2, n_q + 1, (len(batch),), generator=generator).to(batch.codes.device)
+
+
+def run_models(models: dict[str, torch.nn.Module], batch: LMBatch, n_q: int, generator: torch.Generator):
+    """Forward every model on the batch -> {stage: LMOutput}."""
+    outputs = {}
+    args = (batch.text, batch.text_lengths, batch.prompt, batch.prompt_lengths, batch.codes, batch.code_lengths)
+    if "ar" in models:
+        outputs["ar"] = models["ar"](*args)
+    if "nar" in models:
+        outputs["nar"] = models["nar"](*args, stage=nar_stages(batch, n_q, generator))
+    return outputs
+
+
+@torch.no_grad()
+def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int, n_q: int, device) -> dict[str, float]:
+    """Loss and top-1/top-10 accuracy on dev batches: the AR's codebook 1 and each NAR codebook j."""
+    for model in models.values():
+        model.eval()
+    sums: dict[str, list[float]] = {}
+
+    def add(name: str, out) -> None:
+        n = float(out.n_tokens)
+        acc = sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+        acc[0] += float(out.loss) * n
+        acc[1] += float(out.top1) * n
+        acc[2] += float(out.top10) * n
+        acc[3] += n
+
+    for i, batch in enumerate(loader):
+        if i >= n_batches:
+            break
+        batch = batch.to(device)
+        args = (batch.text, batch.text_lengths, batch.prompt, batch.prompt_lengths, batch.codes, batch.code_lengths)
+        if "ar" in models:
+            add("ar/codebook_1", models["ar"](*args))
+        if "nar" in models:
+            for j in range(2, n_q + 1):
+                add(f"nar/codebook_{j}", models["nar"](*args, stage=j))
+    for model in models.values():
+        model.train()
+    result = {}
+    for name, (loss, top1, top10, n) in sums.items():
+        n = max(n, 1.0)
+        result.update({f"{name}/loss": loss / n, f"{name}/top1": top1 / n, f"{name}/top10": top10 / n})
+    return result
+
+
+def export(cfg: TrainLMConfig, models: dict[str, PretrainedLM], corpus: TokenCorpus, run_dir: Path) -> Path:
+    """Write model/<stage> for each trained model, the text front-end and (with --codec) the codec."""
+    model_dir = run_dir / "model"
+    for stage, model in models.items():
+        model.save_pretrained(model_dir / stage)
+    text_dir = model_dir / "text"
+    shutil.rmtree(text_dir, ignore_errors=True)
+    shutil.copytree(corpus.text_dir, text_dir)
+    if cfg.codec:
+        from codec.interface import load_codec
+
+        codec = load_codec(cfg.codec)
+        corpus.check_codec(codec.identity)
+        codec.save_pretrained(model_dir / "codec")
+    return model_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(TrainLMConfig, args.preset, overrides, preset_dir=CONFIG_DIR / "lm")
+    stages = ["ar", "nar"] if cfg.stage == "both" else [cfg.stage]
+    run_dir = Path(cfg.run_dir)
+    checkpoints = f"checkpoints-{cfg.stage}"  # `--stage ar` then `--stage nar` can share a run directory
+    if checkpoint_dirs(run_dir, checkpoints) and not args.resume:
+        raise SystemExit(f"{run_dir / checkpoints} already has checkpoints: pass --resume to continue, or choose another --run_dir")
+
+    accelerator = Accelerator(
+        mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with="tensorboard",
+        # The NAR's per-codebook heads are not all used by every batch.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / f"config-{cfg.stage}.yaml")
+    accelerator.init_trackers(f"lm-{cfg.stage}")
+
+    train = TokenCorpus.open(cfg.tokens, splits=cfg.train_split)
+    n_q = train.n_q
+    if "nar" in stages and n_q < 2:
+        raise SystemExit(f"the corpus' codec has {n_q} codebook: there is nothing for the NAR to fill; use --stage ar")
+    dataset = LMDataset(train, cfg.prompt, seed=cfg.seed)
+    sampler = FrameBudgetBatchSampler(
+        dataset.lengths(), cfg.max_frames, max_batch_size=cfg.max_batch_size, seed=cfg.seed,
+        num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+    )  # fmt: skip
+    # The sampler gives each process its share already: the loader is not passed to accelerator.prepare.
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=cfg.num_workers)
+    if len(sampler) == 0:
+        raise SystemExit(f"{cfg.tokens} ({cfg.train_split}) gives no batch under max_frames={cfg.max_frames}")
+    dev_loader = None
+    if cfg.dev_split in TokenCorpus.open(cfg.tokens).splits:
+        dev = LMDataset(TokenCorpus.open(cfg.tokens, splits=cfg.dev_split), cfg.prompt, seed=cfg.seed + 1)
+        dev_sampler = FrameBudgetBatchSampler(dev.lengths(), cfg.max_frames, max_batch_size=cfg.max_batch_size,
+                                              shuffle=False, num_replicas=1, rank=0)
+        dev_loader = DataLoader(dev, batch_sampler=dev_sampler, collate_fn=dev.collate)
+
+    models = build_models(cfg, train, stages)
+    params = [p for model in models.values() for p in model.parameters()]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.betas,
+    )  # fmt: skip
+    prepared = accelerator.prepare(*models.values(), optimizer)
+    wrapped = dict(zip(models, prepared[:-1]))
+    optimizer = prepared[-1]
+
+    state = resume_from_checkpoint(accelerator, run_dir, checkpoints) if args.resume else None
+    step = state["step"] if state else 0
+    if state:
+        sampler.load_state_dict(state["sampler"])
+        accelerator.print(f"resumed from step {step} (epoch {sampler.epoch}, batch {sampler.position})")
+    for stage, model in models.items():
+        accelerator.print(f"{stage}: {model.num_parameters() / 1e6:.2f} M parameters")
+    accelerator.print(
+        f"{len(train)} training utterances ({train.hours:.2f} h), {len(sampler)} batches an epoch per process, "
+        f"codec {n_q} x {train.codec_identity.codebook_size} at {train.frame_rate:g} Hz"
+    )
+
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index + step)
+    progress = tqdm(total=cfg.steps, initial=step, desc=f"lm {cfg.stage}", disable=not accelerator.is_main_process)
+    frames_seen, clock = 0, time.perf_counter()
+    epoch = sampler.epoch
+    while step < cfg.steps:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        consumed = sampler.position
+        for batch in loader:
+            consumed += 1
+            batch = batch.to(accelerator.device)
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with accelerator.accumulate(*wrapped.values()):
+                outputs = run_models(wrapped, batch, n_q, generator)
+                loss = sum(out.loss for out in outputs.values())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            frames_seen += int(batch.code_lengths.sum()) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - clock
+                logs = {"train/lr": lr, "train/grad_norm": float(grad_norm), "train/frames_per_second": frames_seen / elapsed}
+                for stage, out in outputs.items():
+                    logs.update({f"train/{stage}/loss": float(out.loss), f"train/{stage}/top1": float(out.top1),
+                                 f"train/{stage}/top10": float(out.top10)})
+                accelerator.log(logs, step=step)
+                progress.set_postfix({f"{s}_loss": f"{float(o.loss):.3f}" for s, o in outputs.items()}
+                                     | {"frames/s": f"{frames_seen / elapsed:.0f}"})
+                frames_seen, clock = 0, time.perf_counter()
+
+            if dev_loader is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                if accelerator.is_main_process:
+                    unwrapped = {s: accelerator.unwrap_model(m) for s, m in wrapped.items()}
+                    result = validate(unwrapped, dev_loader, cfg.val_batches, n_q, accelerator.device)
+                    accelerator.log({f"val/{k}": v for k, v in result.items()}, step=step)
+                    shown = ", ".join(f"{k.removesuffix('/top1').replace('/codebook_', ' q')} {v:.3f}" for k, v in result.items() if k.endswith("top1"))
+                    tqdm.write(f"step {step}: dev top-1 accuracy: {shown}")
+                    (run_dir / f"validation-{cfg.stage}.json").write_text(json.dumps({"step": step, **result}, indent=2))
+                accelerator.wait_for_everyone()
+
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(
+                    accelerator, run_dir, step, {"sampler": sampler.state_dict(consumed=consumed)},
+                    keep=cfg.keep_checkpoints, folder=checkpoints,
+                )  # fmt: skip
+            if step >= cfg.steps:
+                break
+        else:
+            epoch += 1
+            continue
+        break
+
+    progress.close()
+    accelerator.wait_for_everyone()
+    model_dir = run_dir / "model"
+    if accelerator.is_main_process:
+        model_dir = export(cfg, {s: accelerator.unwrap_model(m) for s, m in wrapped.items()}, train, run_dir)
+        accelerator.print(f"model exported to {model_dir}")
+    accelerator.end_training()
+    return model_dir
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from codec.model import CodecConfig, EchoCodec
+from data.frontend import TextFrontend
+from data.manifest import read_manifest
+from data.prepare import write_corpus
+from data.synthetic import build_synthetic_corpus
+from data.tokenize import tokenize_corpus
+from data.tokens import TokenCorpus
+from lm.ar import ARModel
+from lm.nar import NARModel
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+sys.path.insert(0, str(RECIPES))
+
+from train_lm import TrainLMConfig  # noqa: E402
+from training import CONFIG_DIR, checkpoint_dirs, load_config  # noqa: E402
+
+
+def tiny_codec(seed: int = 0, n_q: int = 3) -> EchoCodec:
+    torch.manual_seed(seed)
+    config = CodecConfig(sample_rate=16000, channels=4, strides=(4, 5, 8), dilations=(1,), latent_dim=8,
+                         n_q=n_q, codebook_size=16)
+    return EchoCodec(config).eval()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lm")
+    corpus = root / "corpus"
+    utterances = build_synthetic_corpus(corpus, hours=0.01, num_speakers=4, sample_rate=16000, workers=1, use_flite=False)
+    write_corpus(corpus, utterances, {}, min_duration=0.3, max_duration=20, dev_fraction=0.2, held_out_speakers=0, seed=0)
+    codec = tiny_codec()
+    codec.save_pretrained(root / "codec")
+    manifests = {split: read_manifest(corpus / f"{split}.jsonl") for split in ("train", "dev")}
+    utterances = manifests["train"] + manifests["dev"]
+    frontend = TextFrontend.build([u.text for u in utterances])
+    tokenize_corpus(codec, frontend, utterances, root / "tokens",
+                    splits=["train"] * len(manifests["train"]) + ["dev"] * len(manifests["dev"]))
+    return root
+
+
+def train(workspace: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    args = [
+        sys.executable, str(RECIPES / "train_lm.py"), "--preset", "tiny", "--tokens", str(workspace / "tokens"),
+        "--run_dir", str(run_dir), *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    return output
+
+
+def test_presets_load():
+    for preset in ("tiny", "cpu", "base"):
+        cfg = load_config(TrainLMConfig, preset, ["--prompt.mode", "prefix"], preset_dir=CONFIG_DIR / "lm")
+        assert cfg.prompt.mode == "prefix"
+    base = load_config(TrainLMConfig, "base", [], preset_dir=CONFIG_DIR / "lm")
+    assert (base.ar.n_layers, base.ar.n_heads, base.ar.d_model, base.ar.ffn_dim) == (12, 16, 1024, 4096)
+    assert (base.nar.n_layers, base.nar.n_heads, base.nar.d_model, base.nar.ffn_dim) == (12, 16, 1024, 4096)
+    with pytest.raises(ValueError, match="stage must be one of"):
+        load_config(TrainLMConfig, "tiny", ["--stage", "all"], preset_dir=CONFIG_DIR / "lm")
+    with pytest.raises(ValueError, match="unknown config key 'ar.layers'"):
+        load_config(TrainLMConfig, "tiny", ["--ar.layers", "3"], preset_dir=CONFIG_DIR / "lm")
+
+
+def test_both_stages_are_killed_resume_and_export(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    process = train(workspace, run_dir, "--steps", "1000", "--checkpoint_every", "2", "--val_every", "1000",
+                    "--codec", str(workspace / "codec"))
+    deadline = time.time() + 240
+    folder = "checkpoints-both"
+    while not checkpoint_dirs(run_dir, folder) or checkpoint_dirs(run_dir, folder)[-1].name == "step-2":
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no second checkpoint within 240 s"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = checkpoint_dirs(run_dir, folder)
+    assert saved, "the kill must leave the last complete checkpoint behind"
+    state = json.loads((saved[-1] / "trainer_state.json").read_text())
+    assert {"epoch", "position"} <= set(state["sampler"])
+
+    refused = train(workspace, run_dir, "--steps", "8")
+    output, _ = refused.communicate(timeout=300)
+    assert refused.returncode != 0 and "pass --resume" in output
+
+    last = state["step"]
+    output = finish(train(workspace, run_dir, "--steps", str(last + 4), "--resume", "--codec", str(workspace / "codec")))
+    assert f"resumed from step {last}" in output
+    final = checkpoint_dirs(run_dir, folder)[-1]
+    assert json.loads((final / "trainer_state.json").read_text())["step"] == last + 4
+
+    # The export holds the final weights, and loads back with the corpus' codec and vocabulary.
+    corpus = TokenCorpus.open(workspace / "tokens")
+    model_dir = run_dir / "model"
+    ar = ARModel.from_pretrained(model_dir / "ar", expect_codec=corpus.codec_identity)
+    nar = NARModel.from_pretrained(model_dir / "nar", expect_codec=corpus.codec_identity)
+    for model, weights in ((ar, "model.safetensors"), (nar, "model_1.safetensors")):
+        saved_weights = load_file(final / weights)
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, saved_weights[name]), name
+    assert (model_dir / "text" / "text_vocab.json").is_file()
+    assert (model_dir / "codec" / "config.json").is_file()
+    assert (run_dir / "validation-both.json").is_file()
+    assert list((run_dir / "logs").rglob("events.out.tfevents*"))
+
+
+def test_stages_one_after_the_other_and_fine_tuning(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    finish(train(workspace, run_dir, "--stage", "ar", "--steps", "3"))
+    finish(train(workspace, run_dir, "--stage", "nar", "--steps", "3"))
+    assert (run_dir / "model" / "ar" / "model.safetensors").is_file()
+    assert (run_dir / "model" / "nar" / "model.safetensors").is_file()
+
+    before = ARModel.from_pretrained(run_dir / "model" / "ar")
+    tuned_dir = tmp_path / "tuned"
+    output = finish(train(workspace, tuned_dir, "--stage", "ar", "--steps", "2", "--init_from", str(run_dir / "model")))
+    assert "M parameters" in output
+    after = ARModel.from_pretrained(tuned_dir / "model" / "ar")
+    assert before.config == after.config
+    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+
+
+def test_a_codec_other_than_the_tokens_is_refused(workspace, tmp_path):
+    other = tiny_codec(seed=1, n_q=2)
+    other.save_pretrained(tmp_path / "other_codec")
+    process = train(workspace, tmp_path / "run", "--steps", "1", "--codec", str(tmp_path / "other_codec"))
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0 and "different codec" in output
