@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  echo-tts prepare-data synthetic --out runs/quickstart/corpus
+  echo-tts synthesize --model runs/lm/model --prompt me.wav --text "Hello there." --out hello.wav
+  echo-tts synthesize --model runs/lm/model --prompt me.wav --prompt-text "What I say in me.wav." \\
+      --text-file story.txt --best-of 4 --out story.wav
+  echo-tts voice --model runs/lm/model --prompt me.wav --out me.voice
+  echo-tts synthesize --model runs/lm/model --voice me.voice --text "Hello again." --out again.wav
+  echo-tts demo --model runs/lm/model --port 7860
+
+Run `echo-tts COMMAND --help` for a command's options.
+"""
+
+
+class CommandError(Exception):
+    """A mistake in how a command was called; reported in one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echo-tts",
         description="Echo: zero-shot voice-cloning text-to-speech (a neural codec + VALL-E language models).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     prepare_parser = commands.add_parser(
@@ -22,12 +43,143 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_arguments(prepare_parser)
     prepare_parser.set_defaults(handler=prepare.run)
+
+    synth = commands.add_parser(
+        "synthesize",
+        help="speak a text in the voice of a recording or of a voice preset",
+        description="Speak --text (or --text-file) in the voice of --prompt (3-10 s of speech) or of a --voice "
+                    "preset, and write the audio to --out (.wav, .flac or .ogg).",
+        epilog="example:\n"
+               '  echo-tts synthesize --model runs/lm/model --prompt me.wav --text "Hello there." --out hello.wav',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_arguments(synth)
+    text = synth.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the text to speak")
+    text.add_argument("--text-file", type=Path, help="a UTF-8 text file to speak (long texts are split into sentences)")
+    _voice_arguments(synth, preset=True)
+    synth.add_argument("--out", type=Path, required=True, help="where to write the audio (.wav, .flac or .ogg)")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed gives the same audio (default 0)")
+    synth.add_argument("--temperature", type=float, default=None,
+                       help="AR sampling temperature (default 1.0; 0 is greedy)")
+    synth.add_argument("--top-k", type=int, default=None, help="sample from the k most likely codes (default 0: all)")
+    synth.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 0.9)")
+    synth.add_argument("--best-of", type=int, default=1, help="candidates per sentence; the best-scored one is kept")
+    synth.set_defaults(handler=run_synthesize)
+
+    voice = commands.add_parser(
+        "voice",
+        help="save a voice preset: a recording cleaned and encoded once",
+        description="Clean and encode --prompt once and save it as a voice preset (a small safetensors file) "
+                    "for `echo-tts synthesize --voice`.",
+        epilog="example:\n"
+               '  echo-tts voice --model runs/lm/model --prompt me.wav --prompt-text "What I say." --out me.voice',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_arguments(voice)
+    _voice_arguments(voice, preset=False)
+    voice.add_argument("--out", type=Path, required=True, help="where to write the preset (e.g. me.voice)")
+    voice.set_defaults(handler=run_voice)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start the web demo (Gradio)",
+        description="Start the Gradio demo; its options are app.demo's (run `echo-tts demo --help`).",
+        epilog="example:\n  echo-tts demo --model runs/lm/model --host 127.0.0.1 --port 7860 --share false",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    demo.add_argument("args", nargs=argparse.REMAINDER, help="--model DIR [--host 127.0.0.1 --port 7860 --share false]")
+    demo.set_defaults(handler=run_demo)
     return parser
 
 
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True,
+                        help="an exported model directory (codec/, ar/, nar/, text/)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--asr", default=None,
+                        help="a Whisper directory or hub id: transcribes prompts given without --prompt-text")
+
+
+def _voice_arguments(parser: argparse.ArgumentParser, preset: bool) -> None:
+    if preset:
+        group = parser.add_mutually_exclusive_group(required=True)
+        group.add_argument("--prompt", type=Path, help="a recording of the voice to clone: 3-10 s of clear speech")
+        group.add_argument("--voice", type=Path, help="a voice preset saved by `echo-tts voice`")
+    else:
+        parser.add_argument("--prompt", type=Path, required=True,
+                            help="a recording of the voice to clone: 3-10 s of clear speech")
+    parser.add_argument("--prompt-text", default=None, help="what the prompt says (optional; improves the cloning)")
+    parser.add_argument("--language", default="en-us", help="language of the text (default en-us)")
+
+
+def _load(args: argparse.Namespace):
+    from app.tts import TTS
+
+    return TTS.from_pretrained(args.model, args.device, asr=args.asr)
+
+
+def run_synthesize(args: argparse.Namespace) -> Path:
+    from app.tts import DEFAULT_SAMPLING
+    from data.audio import write_audio
+    from lm.sampling import SamplingConfig
+
+    if args.prompt_text is not None and args.voice is not None:
+        raise CommandError("--prompt-text goes with --prompt; a --voice preset carries its own transcript")
+    if args.text_file is not None:
+        try:
+            text = args.text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise CommandError(f"cannot read --text-file {args.text_file}: {error}") from None
+    else:
+        text = args.text
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    sampling = SamplingConfig(**{**vars(DEFAULT_SAMPLING), **{k: v for k, v in given.items() if v is not None}})
+    tts = _load(args)
+    wav, sample_rate = tts.synthesize(text, args.prompt, args.prompt_text, voice=args.voice, seed=args.seed,
+                                      sampling=sampling, best_of=args.best_of, language=args.language)
+    path = write_audio(args.out, wav, sample_rate)
+    print(f"wrote {path} ({len(wav) / sample_rate:.2f} s at {sample_rate} Hz)")
+    return path
+
+
+def run_voice(args: argparse.Namespace) -> Path:
+    tts = _load(args)
+    voice = tts.prepare_voice(args.prompt, args.prompt_text, args.language)
+    path = voice.save(args.out)
+    transcript = f'transcript "{voice.prompt_text}"' if voice.prompt_text else "no transcript"
+    print(f"wrote {path} ({voice.duration:.2f} s of prompt, {transcript})")
+    return path
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    try:
+        demo = importlib.import_module("app.demo")
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "gradio":
+            raise CommandError("the demo needs Gradio: pip install 'echo-tts[demo]' (or pip install gradio)") from None
+        if error.name == "app.demo":
+            raise CommandError("this installation of Echo has no demo (app/demo.py is missing)") from None
+        raise
+    return demo.main(args.args)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    args.handler(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv[:1] == ["demo"]:  # everything after `demo` is app.demo's to parse, --help included
+        args = argparse.Namespace(handler=run_demo, args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
+    from app.prompt import PromptError
+    from app.voice import VoiceError
+
+    try:
+        args.handler(args)
+    except (CommandError, PromptError, VoiceError, FileNotFoundError, ValueError) as error:
+        message = " ".join(str(error).split())  # one line, whatever the exception held
+        parser.exit(1, f"echo-tts {getattr(args, 'command', 'demo')}: error: {message}\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Shared test fixtures: a tiny random-weight Echo model in the export layout (model/{codec,ar,nar,text})."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from codec.model import CodecConfig, EchoCodec
+from data.frontend import TextFrontend
+from data.sentences import generate_sentences
+from lm.ar import ARConfig, ARModel
+from lm.nar import NARConfig, NARModel
+from lm.pretrained import text_vocab_identity
+
+SR = 16000
+TEXT = "The children found a tiny kite near the bridge."
+PROMPT_TEXT = "We waited almost twenty minutes for the bus."
+
+
+def build_tiny_model(root: Path, seed: int = 0) -> Path:
+    """A random-weight model directory in the export layout: model/{codec,ar,nar,text}."""
+    torch.manual_seed(seed)
+    codec = EchoCodec(CodecConfig(sample_rate=SR, channels=4, strides=(4, 5, 8), dilations=(1,), latent_dim=8,
+                                  n_q=3, codebook_size=16)).eval()  # 100 frames a second
+    frontend = TextFrontend.build(generate_sentences(40) + [TEXT, PROMPT_TEXT])
+    sizes = dict(text_vocab_size=len(frontend.vocab), text_pad_id=frontend.vocab.pad_id, codebook_size=16, n_q=3,
+                 codec=codec.identity.to_dict(), text_vocab=text_vocab_identity(frontend.vocab.to_dict()),
+                 d_model=16, n_heads=2, n_layers=1, ffn_dim=32, dropout=0.0)
+    model_dir = root / "model"
+    ARModel(ARConfig(**sizes)).save_pretrained(model_dir / "ar")
+    NARModel(NARConfig(**sizes)).save_pretrained(model_dir / "nar")
+    codec.save_pretrained(model_dir / "codec")
+    frontend.save_pretrained(model_dir / "text")
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """One tiny model for the whole session; tests only read it."""
+    return build_tiny_model(tmp_path_factory.mktemp("echo"))
