@@ -279,10 +279,10 @@ def main(argv: list[str] | None = None) -> Path:
                 elapsed = time.perf_counter() - clock
                 logs = {"train/lr": lr, "train/grad_norm": float(grad_norm), "train/frames_per_second": frames_seen / elapsed}
                 for stage, out in outputs.items():
-                    logs.update({f"train/{stage}/loss": float(out.loss), f"train/{stage}/top1": float(out.top1),
+                    logs.update({f"train/{stage}/loss": out.loss.item(), f"train/{stage}/top1": out.top1.item(),
                                  f"train/{stage}/top10": float(out.top10)})
                 accelerator.log(logs, step=step)
-                progress.set_postfix({f"{s}_loss": f"{float(o.loss):.3f}" for s, o in outputs.items()}
+                progress.set_postfix({f"{s}_loss": f"{o.loss.item():.3f}" for s, o in outputs.items()}
                                      | {"frames/s": f"{frames_seen / elapsed:.0f}"})
                 frames_seen, clock = 0, time.perf_counter()
 
