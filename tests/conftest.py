@@ -38,3 +38,12 @@ def build_tiny_model(root: Path, seed: int = 0) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """One tiny model for the whole session; tests only read it."""
     return build_tiny_model(tmp_path_factory.mktemp("echo"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one torch thread: on 2 shared cores, more threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

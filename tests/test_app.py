@@ -19,18 +19,13 @@ from data.frontend import TextFrontend
 from lm.generation import length_limits
 from lm.nar import NARModel
 
-from conftest import PROMPT_TEXT, SR, TEXT, build_tiny_model  # noqa: F401 (test_cli imports them from here)
+from conftest import PROMPT_TEXT, SR, TEXT
 from test_prompt import speech_like
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir) -> Path:

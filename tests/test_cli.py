@@ -4,20 +4,15 @@ import types
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from app.cli import main
-from test_app import PROMPT_TEXT, SR, TEXT, build_tiny_model
+from conftest import PROMPT_TEXT, SR, TEXT, build_tiny_model
 from test_prompt import speech_like
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):

@@ -14,14 +14,7 @@ GREEDY = SamplingConfig(temperature=0.0)
 RANDOM = SamplingConfig(temperature=1.0, repetition_threshold=0.0)  # plain sampling from the whole distribution
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run hundreds of one-token steps: with 2 threads on a busy 2-core machine, each op
-    waits for the other thread (60x slower here), so these tests use one and give it back after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # hundreds of one-token steps: see conftest
 
 
 def ar(seed: int = 0, **changes) -> ARModel:

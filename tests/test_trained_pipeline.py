@@ -22,16 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 
 import train_lm  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only wait on each other
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_a_trained_tiny_pipeline_speaks_for_a_plausible_time(tmp_path, single_thread):
+
+def test_a_trained_tiny_pipeline_speaks_for_a_plausible_time(tmp_path):
     corpus = tmp_path / "corpus"
     utterances = build_synthetic_corpus(corpus, hours=0.01, num_speakers=2, sample_rate=16000, workers=1, use_flite=False)
     write_corpus(corpus, utterances, {}, min_duration=0.3, max_duration=20, dev_fraction=0.0, held_out_speakers=0, seed=0)
