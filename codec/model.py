@@ -1,4 +1,9 @@
-"""Echo's neural codec: SEANet encoder → residual vector quantizer → SEANet decoder.
+"""Echo's neural codec: encoder → residual vector quantizer → decoder.
+
+Two bodies around the same quantizer (`CodecConfig.architecture`):
+- "seanet": strided convolutions from the waveform down to the frames and back (EnCodec, DAC);
+- "istft": ConvNeXt blocks at the frame rate between an STFT and an inverse STFT (Vocos,
+  WavTokenizer), far cheaper a step; see `codec/istft.py`.
 
     codes = codec.encode(wav)    # wav [B, 1, T] at codec.sample_rate -> codes [B, K, F]
     wav = codec.decode(codes)    # codes [B, K', F], K' <= K -> wav [B, 1, F * hop_length]
@@ -18,22 +23,38 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codec.interface import Codec, CodecIdentity, config_hash
+from codec.istft import ISTFTDecoder, STFTEncoder
 from codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
 from codec.seanet import Decoder, Encoder
+
+# What `to_dict` leaves out for each architecture: the other body's fields. A SEANet config (the
+# default) leaves out `architecture` too, so it writes exactly what it wrote before the istft
+# option existed and keeps its config hash, which every LM and token shard is checked against.
+UNUSED_FIELDS = {
+    "seanet": ("architecture", "n_fft", "width", "depth"),
+    "istft": ("channels", "dilations", "activation", "lstm_layers"),
+}
+ARCHITECTURES = tuple(UNUSED_FIELDS)
 
 
 @dataclass
 class CodecConfig:
     sample_rate: int = 24000
-    channels: int = 32  # width of the first encoder block; doubles at every stride
-    strides: tuple[int, ...] = (2, 4, 5, 8)  # hop length = product: 320 samples = 75 Hz at 24 kHz
-    dilations: tuple[int, ...] = (1, 3, 9)
+    architecture: str = "seanet"  # or "istft": ConvNeXt at the frame rate around an STFT (never causal)
+    channels: int = 32  # seanet: width of the first encoder block; doubles at every stride
+    # The hop length is the product of the strides for both bodies: 320 samples = 75 Hz at 24 kHz.
+    # SEANet downsamples by each stride in turn; the istft body needs only the product (e.g. [320]).
+    strides: tuple[int, ...] = (2, 4, 5, 8)
+    dilations: tuple[int, ...] = (1, 3, 9)  # seanet
+    n_fft: int = 1024  # istft: STFT size of the encoder's input and the decoder's output (>= hop length)
+    width: int = 256  # istft: ConvNeXt width D of the encoder and of the decoder
+    depth: int = 8  # istft: ConvNeXt blocks in the encoder and in the decoder
     latent_dim: int = 128
     n_q: int = 8
     codebook_size: int = 1024
-    activation: str = "snake"  # or "elu"
+    activation: str = "snake"  # seanet: or "elu"
     causal: bool = False
-    lstm_layers: int = 0  # LSTM at the bottleneck (0: none)
+    lstm_layers: int = 0  # seanet: LSTM at the bottleneck (0: none)
     quantizer_dropout: float = 0.5  # share of items trained with a random number of codebooks
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.01  # relative to the usage a code would have if all were used equally
@@ -45,6 +66,8 @@ class CodecConfig:
         self.dilations = tuple(self.dilations)
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if not self.strides or any(s < 1 for s in self.strides):
             raise ValueError(f"strides must be a non-empty list of positive integers, got {self.strides}")
         if self.sample_rate % self.hop_length:
@@ -56,12 +79,33 @@ class CodecConfig:
             raise ValueError(f"n_q must be at least 1, got {self.n_q}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
+        if not 0.0 <= self.quantizer_dropout <= 1.0:
+            raise ValueError(f"quantizer_dropout is a probability in [0, 1], got {self.quantizer_dropout}")
+        if self.architecture == "seanet":
+            self._check_seanet()
+        else:
+            self._check_istft()
+
+    def _check_seanet(self) -> None:
         if self.channels < 2 or self.channels % 2:
             raise ValueError(f"channels must be an even number >= 2 (residual units halve it), got {self.channels}")
         if self.activation not in ("snake", "elu"):
             raise ValueError(f"activation must be 'snake' or 'elu', got {self.activation!r}")
-        if not 0.0 <= self.quantizer_dropout <= 1.0:
-            raise ValueError(f"quantizer_dropout is a probability in [0, 1], got {self.quantizer_dropout}")
+
+    def _check_istft(self) -> None:
+        hop = self.hop_length
+        if self.causal:
+            raise ValueError(
+                "causal=True is not possible with architecture='istft': its STFT and overlap-add see "
+                f"(n_fft - hop) / 2 = {(self.n_fft - hop) // 2} samples ahead; use architecture='seanet' to stream"
+            )
+        if self.n_fft < hop or (self.n_fft - hop) % 2:
+            raise ValueError(
+                f"n_fft must be at least the hop length {hop} (the product of strides) and differ from it by an "
+                f"even number, so that frames tile the signal; got n_fft={self.n_fft}"
+            )
+        if self.width < 1 or self.depth < 1:
+            raise ValueError(f"width and depth must be positive, got width={self.width}, depth={self.depth}")
 
     @property
     def hop_length(self) -> int:
@@ -77,9 +121,10 @@ class CodecConfig:
         return self.frame_rate * self.n_q * math.log2(self.codebook_size)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields this architecture reads (the other body's are left out), as JSON values."""
         d = asdict(self)
         d["strides"], d["dilations"] = list(self.strides), list(self.dilations)
-        return d
+        return {k: v for k, v in d.items() if k not in UNUSED_FIELDS[self.architecture]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
@@ -104,16 +149,16 @@ class EchoCodec(Codec):
     def __init__(self, config: CodecConfig):
         super().__init__()
         self.config = config
-        arch = dict(
-            channels=config.channels,
-            strides=config.strides,
-            latent_dim=config.latent_dim,
-            dilations=config.dilations,
-            act=config.activation,
-            causal=config.causal,
-            lstm_layers=config.lstm_layers,
-        )
-        self.encoder = Encoder(**arch)
+        if config.architecture == "istft":
+            encoder, decoder = STFTEncoder, ISTFTDecoder
+            body = dict(n_fft=config.n_fft, hop_length=config.hop_length, dim=config.width, depth=config.depth,
+                        latent_dim=config.latent_dim)  # fmt: skip
+        else:
+            encoder, decoder = Encoder, Decoder
+            body = dict(channels=config.channels, strides=config.strides, latent_dim=config.latent_dim,
+                        dilations=config.dilations, act=config.activation, causal=config.causal,
+                        lstm_layers=config.lstm_layers)  # fmt: skip
+        self.encoder = encoder(**body)
         self.quantizer = ResidualVectorQuantizer(
             dim=config.latent_dim,
             n_q=config.n_q,
@@ -123,7 +168,7 @@ class EchoCodec(Codec):
             dead_code_threshold=config.dead_code_threshold,
             kmeans_init=config.kmeans_init,
         )
-        self.decoder = Decoder(**arch)
+        self.decoder = decoder(**body)
 
     sample_rate = property(lambda self: self.config.sample_rate)
     frame_rate = property(lambda self: self.config.frame_rate)

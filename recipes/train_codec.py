@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> Path:
             logs["train/audio_seconds_per_second"] = frames_seen / sr / max(elapsed, 1e-9)
             frames_seen, clock = 0, time.perf_counter()
             accelerator.log(logs, step=step)
-            progress.set_postfix(mel=f"{float(losses['mel']):.3f}", ppl1=f"{float(q.perplexity[0]):.0f}")
+            progress.set_postfix(mel=f"{losses['mel'].item():.3f}", ppl1=f"{q.perplexity[0].item():.0f}")
 
         if step % cfg.val_every == 0 or step == cfg.steps:
             if accelerator.is_main_process:

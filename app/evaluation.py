@@ -1,0 +1,517 @@
+"""Zero-shot evaluation: clone held-out voices, and measure the clones against the voices' own recordings.
+
+    items = choose_items(read_manifest("test.jsonl"), families=read_voice_families("speakers.json"))
+    report = evaluate_tts(tts, items, utterances, asr=load_asr("pocketsphinx"), speaker=load_speaker("resemblyzer"))
+    print(report.to_markdown())
+
+For each test utterance (the *target*), another utterance of the same speaker is the voice
+prompt (chosen deterministically), and the target's sentence is synthesized in that voice with
+and/or without the prompt's transcript. Every item is heard in up to four renderings (systems):
+
+- `ground_truth`: the target's own recording, the reference every number is read against;
+- `codec`: that recording through the model's codec with the LM's codebooks, the LM's ceiling;
+- `synthesis_with_text` / `synthesis_without_text`: the clone, with or without prompt_text.
+
+Each rendering is measured the same way: word and character error rates of an ASR transcript
+against the sentence (app/meters.py); cosine similarity of its speaker embedding to the
+prompt's, to the speaker's *voice* (the mean embedding of up to `n_references` of the speaker's
+other recordings, neither the target nor the prompt) and to every other test speaker's voice
+(averaged). Summaries are per voice family (flite and eSpeak voices of the built-in corpus,
+from speakers.json), since an offline ASR hears them very differently, and for all items.
+The model's codec is also scored on the ground truth (codec.evaluation.evaluate_codec).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from app.meters import ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_similarity, unit, word_errors
+from app.prompt import MAX_SECONDS as MAX_PROMPT_SECONDS
+from app.prompt import PromptError
+from app.tts import TTS, Synthesis
+from codec.evaluation import CodecReport, evaluate_codec, reconstruction_label
+from data.audio import AudioError, load_audio, resample, write_audio
+from data.manifest import Utterance
+
+logger = logging.getLogger(__name__)
+
+PROMPT_MODES = ("with", "without")
+GROUND_TRUTH = "ground_truth"
+CODEC = "codec"
+MIN_PROMPT_SECONDS = 3.0  # preferred prompt length: VALL-E's 3 s; shorter ones are used when a speaker has no other
+N_REFERENCES = 5  # recordings averaged into a speaker's voice embedding
+ALL = "all"
+UNKNOWN_FAMILY = "unknown"
+TARGET_WER_RATIO = 1.5  # issue 6: WER <= 1.5 x the ground truth's
+TARGET_SIMILARITY = 0.75  # issue 6: similarity to the prompt's voice >= 0.75, clearly above other voices'
+SYSTEM_LABELS = {
+    GROUND_TRUTH: "ground truth",
+    CODEC: "codec resynthesis",
+    "synthesis_with_text": "synthesis, with prompt text",
+    "synthesis_without_text": "synthesis, without prompt text",
+}
+
+
+def synthesis_system(mode: str) -> str:
+    """The system name of a synthesis mode: "with" -> "synthesis_with_text"."""
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"prompt-text mode must be one of {PROMPT_MODES}, got {mode!r}")
+    return f"synthesis_{mode}_text"
+
+
+# -- choosing what to synthesize --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    target: Utterance  # the sentence to synthesize, and its ground-truth recording
+    prompt: Utterance  # another recording of the same speaker: the voice prompt
+    family: str  # the voice family (e.g. "flite", "espeak"), or "unknown"
+    seed: int  # the synthesis seed of this item
+
+
+def read_voice_families(path: str | Path) -> dict[str, str]:
+    """speaker id -> voice family, from the built-in corpus' speakers.json (its "engine": flite or espeak)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    speakers = data.get("speakers") if isinstance(data, dict) else None
+    if not isinstance(speakers, list):
+        raise ValueError(f"{path} has no 'speakers' list; expected the speakers.json of a synthetic corpus")
+    return {str(s["id"]): str(s.get("engine") or UNKNOWN_FAMILY) for s in speakers}
+
+
+def _rank(*keys: object) -> int:
+    """A stable pseudo-random rank (independent of Python's hash seed)."""
+    return int.from_bytes(hashlib.blake2b(":".join(map(str, keys)).encode(), digest_size=8).digest(), "little")
+
+
+def choose_items(utterances: Sequence[Utterance], families: Mapping[str, str] | None = None,
+                 max_items: int | None = None, seed: int = 0,
+                 min_prompt_seconds: float = MIN_PROMPT_SECONDS) -> list[EvalItem]:
+    """One item per utterance of every speaker that has another utterance to prompt with.
+
+    Items go round-robin over the speakers (each speaker's first utterance, then each one's
+    second, ...), so that the first `max_items` cover as many voices as possible. The prompt is
+    the speaker's other utterance ranked first by a hash of (seed, target, candidate) among those
+    of `min_prompt_seconds` to 10 s, or else the longest; the same inputs give the same items.
+    """
+    by_speaker: dict[str, list[Utterance]] = defaultdict(list)
+    for utterance in utterances:
+        by_speaker[utterance.speaker].append(utterance)
+    queues = {s: sorted(us, key=lambda u: u.id) for s, us in sorted(by_speaker.items()) if len(us) >= 2}
+    order = [queue[k] for k in range(max((len(q) for q in queues.values()), default=0))
+             for queue in queues.values() if k < len(queue)]
+    if max_items is not None:
+        order = order[:max_items]
+    items = []
+    for target in order:
+        others = [u for u in queues[target.speaker] if u.id != target.id]
+        others.sort(key=lambda u: _rank(seed, target.id, u.id))
+        fitting = [u for u in others if min_prompt_seconds <= u.duration <= MAX_PROMPT_SECONDS]
+        prompt = fitting[0] if fitting else max(others, key=lambda u: (u.duration, u.id))
+        family = (families or {}).get(target.speaker, UNKNOWN_FAMILY)
+        items.append(EvalItem(target, prompt, family, _rank("synthesis", seed, target.id) % 2**31))
+    return items
+
+
+# -- speaker voices ------------------------------------------------------------------------------------
+
+
+class VoiceBank:
+    """Speaker embeddings of recordings, computed once, and each speaker's voice: their normalized mean."""
+
+    def __init__(self, meter: SpeakerMeter, utterances: Sequence[Utterance], n_references: int = N_REFERENCES):
+        if n_references < 1:
+            raise ValueError(f"n_references must be at least 1, got {n_references}")
+        self.meter = meter
+        self.n_references = n_references
+        self.by_speaker: dict[str, list[Utterance]] = defaultdict(list)
+        for utterance in sorted(utterances, key=lambda u: u.id):
+            self.by_speaker[utterance.speaker].append(utterance)
+        self._embeddings: dict[str, np.ndarray | None] = {}
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(self.by_speaker)
+
+    def embedding(self, utterance: Utterance) -> np.ndarray | None:
+        """The embedding of one recording (None when it cannot be read or has no voice)."""
+        if utterance.id not in self._embeddings:
+            try:
+                wav, sr = load_audio(utterance.audio_path)
+                self._embeddings[utterance.id] = self.meter.embed(wav[0], sr)
+            except (AudioError, ValueError) as error:
+                logger.warning("no speaker embedding for %s: %s", utterance.id, error)
+                self._embeddings[utterance.id] = None
+        return self._embeddings[utterance.id]
+
+    def voice(self, speaker: str, exclude: Sequence[str] = ()) -> np.ndarray | None:
+        """The mean embedding of the speaker's first `n_references` recordings not in `exclude` (ids)."""
+        embeddings = []
+        for utterance in self.by_speaker.get(speaker, []):
+            if len(embeddings) == self.n_references:
+                break
+            if utterance.id not in exclude and (embedding := self.embedding(utterance)) is not None:
+                embeddings.append(embedding)
+        return unit(np.mean(embeddings, axis=0)) if embeddings else None
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rendering:
+    """One rendering of one item, as the meters heard it. Missing measurements are None."""
+
+    duration: float  # seconds
+    transcript: str | None = None
+    word_errors: int | None = None
+    words: int | None = None
+    char_errors: int | None = None
+    chars: int | None = None
+    sim_prompt: float | None = None  # cosine similarity to the prompt recording
+    sim_own: float | None = None  # to the speaker's voice (their other recordings)
+    sim_others: float | None = None  # to the other test speakers' voices, averaged
+    seconds: float | None = None  # synthesis wall time (syntheses only)
+
+    @property
+    def wer(self) -> float | None:
+        return None if self.word_errors is None else ErrorCount(self.word_errors, self.words or 0).rate
+
+
+@dataclass
+class ItemResult:
+    id: str
+    speaker: str
+    family: str
+    text: str
+    prompt_id: str
+    prompt_text: str
+    prompt_duration: float
+    seed: int
+    renderings: dict[str, Rendering] = field(default_factory=dict)  # system -> how it was heard
+    errors: dict[str, str] = field(default_factory=dict)  # system -> why it has no rendering
+    wavs: dict[str, str] = field(default_factory=dict)  # system -> written file, relative to the wav dir
+
+
+@dataclass
+class SystemSummary:
+    """One system over a group of items: corpus-level error rates, mean similarities."""
+
+    items: int
+    wer: float | None
+    cer: float | None
+    sim_prompt: float | None
+    sim_own: float | None
+    sim_others: float | None
+    duration: float  # mean seconds
+
+    @property
+    def separation(self) -> float | None:
+        """How much closer to the own voice than to the others'."""
+        if self.sim_own is None or self.sim_others is None:
+            return None
+        return self.sim_own - self.sim_others
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def summarize(renderings: Sequence[Rendering]) -> SystemSummary:
+    heard = [r for r in renderings if r.word_errors is not None]
+    words = sum((ErrorCount(r.word_errors, r.words or 0) for r in heard), ErrorCount(0, 0))
+    chars = sum((ErrorCount(r.char_errors or 0, r.chars or 0) for r in heard), ErrorCount(0, 0))
+    return SystemSummary(
+        items=len(renderings),
+        wer=words.rate if heard else None,
+        cer=chars.rate if heard else None,
+        sim_prompt=_mean([r.sim_prompt for r in renderings]),
+        sim_own=_mean([r.sim_own for r in renderings]),
+        sim_others=_mean([r.sim_others for r in renderings]),
+        duration=float(np.mean([r.duration for r in renderings])) if renderings else 0.0,
+    )
+
+
+class _Meters:
+    """Measures renderings of items with whichever meters are available."""
+
+    def __init__(self, asr: ASRMeter | None, bank: VoiceBank | None):
+        self.asr, self.bank = asr, bank
+
+    def measure(self, wav: np.ndarray | torch.Tensor, sample_rate: int, item: EvalItem) -> Rendering:
+        wav = torch.as_tensor(wav, dtype=torch.float32).reshape(-1)  # [T]
+        rendering = Rendering(duration=wav.shape[0] / sample_rate)
+        language = item.target.language
+        if self.asr is not None:
+            rendering.transcript = self.asr.transcribe(wav, sample_rate) if wav.shape[0] else ""
+            words = word_errors(item.target.text, rendering.transcript, language)
+            chars = char_errors(item.target.text, rendering.transcript, language)
+            rendering.word_errors, rendering.words = words.errors, words.length
+            rendering.char_errors, rendering.chars = chars.errors, chars.length
+        if self.bank is not None:
+            try:
+                embedding = self.bank.meter.embed(wav, sample_rate)
+            except ValueError as error:  # empty or silent
+                logger.warning("no speaker embedding for a rendering of %s: %s", item.target.id, error)
+                return rendering
+            prompt = self.bank.embedding(item.prompt)
+            own = self.bank.voice(item.target.speaker, exclude=(item.target.id, item.prompt.id))
+            others = [self.bank.voice(s) for s in self.bank.speakers if s != item.target.speaker]
+            rendering.sim_prompt = cosine_similarity(embedding, prompt) if prompt is not None else None
+            rendering.sim_own = cosine_similarity(embedding, own) if own is not None else None
+            rendering.sim_others = _mean([cosine_similarity(embedding, v) for v in others if v is not None])
+        return rendering
+
+
+# -- the evaluation ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TTSReport:
+    """What `evaluate_tts` found: `to_dict()` / `to_json()` for machines, `to_markdown()` for people."""
+
+    meters: dict[str, str]  # "asr" / "speaker" -> the meter's name, or "unavailable: why"
+    settings: dict[str, Any]
+    items: list[ItemResult]
+    summary: dict[str, dict[str, SystemSummary]]  # family (and "all") -> system -> summary
+    codec: CodecReport | None
+    synthesis_rtf: float | None  # synthesis seconds per second of speech written
+    # item id -> label -> mono waveform [T] at `sample_rate`, for figures; never serialized
+    examples: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    sample_rate: int = 0
+    attention_example: tuple[EvalItem, Synthesis] | None = field(default=None, repr=False)
+
+    @property
+    def judge_family(self) -> str:
+        """Where intelligibility is judged: the flite voices when present (an offline ASR hears eSpeak badly)."""
+        return "flite" if "flite" in self.summary else ALL
+
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """The quality targets of issue 6 per synthesis mode: WER ratio to the ground truth, similarities."""
+        result = {}
+        judged = self.summary.get(self.judge_family, {})
+        everything = self.summary.get(ALL, {})
+        truth, truth_all = judged.get(GROUND_TRUTH), everything.get(GROUND_TRUTH)
+        for mode in PROMPT_MODES:
+            system = synthesis_system(mode)
+            if system not in everything:
+                continue
+            synth, synth_all = judged.get(system), everything[system]
+            ratio = None
+            if synth is not None and truth is not None and synth.wer is not None and truth.wer:
+                ratio = synth.wer / truth.wer
+            result[system] = {
+                "wer_family": self.judge_family,
+                "wer_ratio": ratio,
+                "wer_ratio_target": TARGET_WER_RATIO,
+                "wer_ratio_met": None if ratio is None else ratio <= TARGET_WER_RATIO,
+                "sim_own": synth_all.sim_own,
+                "sim_own_target": TARGET_SIMILARITY,
+                "sim_own_met": None if synth_all.sim_own is None else synth_all.sim_own >= TARGET_SIMILARITY,
+                "separation": synth_all.separation,
+                "ground_truth_separation": truth_all.separation if truth_all else None,
+            }
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = {
+            family: {system: {**asdict(s), "separation": s.separation} for system, s in systems.items()}
+            for family, systems in self.summary.items()
+        }
+        return _finite_or_none({
+            "meters": self.meters,
+            "settings": self.settings,
+            "summary": summary,
+            "targets": self.targets(),
+            "synthesis_rtf": self.synthesis_rtf,
+            "codec": self.codec.to_dict() if self.codec is not None else None,
+            "items": [asdict(item) for item in self.items],
+        })
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"ASR: {self.meters.get('asr')}; speaker encoder: {self.meters.get('speaker')}. "
+            f"{len(self.items)} items by {len({i.speaker for i in self.items})} held-out speakers. "
+            "WER ÷ GT: the synthesis' WER over the ground truth's (same sentences, same voices, same ASR). "
+            "Similarities are cosines to the speaker's voice (their other recordings), to the prompt "
+            "recording, and to the other held-out voices (mean).",
+            "",
+            "| voices | system | items | WER | CER | WER ÷ GT | sim own voice | sim prompt | sim others |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for family, systems in self.summary.items():
+            if family == ALL and len(self.summary) == 2:  # one family: its rows again
+                continue
+            truth = systems.get(GROUND_TRUTH)
+            for system, s in systems.items():
+                ratio = "–"
+                if system != GROUND_TRUTH and truth is not None and s.wer is not None and truth.wer:
+                    ratio = f"{s.wer / truth.wer:.2f}"
+                lines.append(
+                    f"| {family} | {SYSTEM_LABELS.get(system, system)} | {s.items} | {_percent(s.wer)} "
+                    f"| {_percent(s.cer)} | {ratio} | {_number(s.sim_own)} | {_number(s.sim_prompt)} "
+                    f"| {_number(s.sim_others)} |"
+                )
+        targets = self.targets()
+        if targets:
+            judged = "all voices" if self.judge_family == ALL else f"the {self.judge_family} voices"
+            lines += ["", f"Targets (issue 6; WER judged on {judged}, similarity on all voices):", ""]
+            for system, t in targets.items():
+                lines.append(
+                    f"- {SYSTEM_LABELS[system]}: WER ÷ GT {_number(t['wer_ratio'])} (≤ {TARGET_WER_RATIO}: "
+                    f"{_verdict(t['wer_ratio_met'])}); similarity to own voice {_number(t['sim_own'])} "
+                    f"(≥ {TARGET_SIMILARITY}: {_verdict(t['sim_own_met'])}); own − others "
+                    f"{_number(t['separation'])} (ground truth: {_number(t['ground_truth_separation'])})"
+                )
+        if self.synthesis_rtf is not None:
+            lines += ["", f"Synthesis real-time factor: {self.synthesis_rtf:.2f} (seconds of compute per second "
+                          "of speech)."]
+        failed = {f"{item.id} ({system})": why for item in self.items for system, why in item.errors.items()}
+        if failed:
+            lines += ["", f"{len(failed)} syntheses failed: "
+                          + "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])]
+        return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("met" if met else "not met")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def evaluate_tts(
+    tts: TTS,
+    items: Sequence[EvalItem],
+    voices: Sequence[Utterance],
+    *,
+    asr: ASRMeter | None,
+    speaker: SpeakerMeter | None,
+    prompt_modes: Sequence[str] = PROMPT_MODES,
+    n_references: int = N_REFERENCES,
+    wav_dir: str | Path | None = None,
+    keep_examples: int = 3,
+    meter_notes: Mapping[str, str] | None = None,
+) -> TTSReport:
+    """Synthesize every item in each prompt mode and measure it with its ground truth and codec resynthesis.
+
+    voices: the recordings that define each test speaker's voice (the whole test manifest).
+    asr / speaker: meters, or None to skip those measurements (`meter_notes` says why, for the report).
+    wav_dir: where each synthesis is written, as `<id>.<system>.wav`.
+    The first `keep_examples` items keep their waveforms (prompt, syntheses, ground truth) for figures.
+    """
+    if not items:
+        raise ValueError("evaluate_tts got no items: the manifest needs speakers with at least two utterances")
+    systems = [synthesis_system(mode) for mode in prompt_modes]
+    if not systems:
+        raise ValueError(f"give at least one prompt-text mode of {PROMPT_MODES}")
+    sr = tts.sample_rate
+    notes = dict(meter_notes or {})
+    meters = _Meters(asr, VoiceBank(speaker, voices, n_references) if speaker is not None else None)
+    K = tts.nar.config.n_q  # the codebooks the models write: the codec resynthesis uses as many
+    codec = evaluate_codec(tts.codec, [item.target for item in items], n_q_values=[K, 1], keep_examples=len(items))
+    full = reconstruction_label(tts.codec, K)
+    wav_dir = Path(wav_dir) if wav_dir is not None else None
+    results, examples, attention_example = [], {}, None
+    synthesis_seconds = synthesized = 0.0
+
+    progress = tqdm(items, desc="evaluating TTS", unit="item", disable=None)
+    for index, item in enumerate(progress):
+        result = ItemResult(item.target.id, item.target.speaker, item.family, item.target.text, item.prompt.id,
+                            item.prompt.text, item.prompt.duration, item.seed)
+        try:
+            truth, truth_sr = load_audio(item.target.audio_path)  # [1, T]
+            prompt, prompt_sr = load_audio(item.prompt.audio_path)
+        except AudioError as error:
+            result.errors[GROUND_TRUTH] = str(error)
+            results.append(result)
+            continue
+        renderings: dict[str, tuple[torch.Tensor, int]] = {GROUND_TRUTH: (truth[0], truth_sr)}
+        if item.target.id in codec.examples:
+            renderings[CODEC] = (codec.examples[item.target.id][full], sr)
+        timings = {}
+        for mode, system in zip(prompt_modes, systems):
+            start = time.perf_counter()
+            try:
+                synthesis = tts.generate(item.target.text, (prompt[0], prompt_sr),
+                                         item.prompt.text if mode == "with" else None,
+                                         seed=item.seed, language=item.target.language)
+            except (PromptError, ValueError) as error:
+                result.errors[system] = str(error)
+                continue
+            timings[system] = time.perf_counter() - start
+            synthesis_seconds += timings[system]
+            synthesized += synthesis.duration
+            renderings[system] = (torch.from_numpy(synthesis.wav), synthesis.sample_rate)
+            if attention_example is None:
+                attention_example = (item, synthesis)
+            if wav_dir is not None:
+                name = f"{item.target.id}.{system}.wav"
+                write_audio(wav_dir / name, synthesis.wav, synthesis.sample_rate)
+                result.wavs[system] = name
+        for system, (wav, rate) in renderings.items():
+            result.renderings[system] = meters.measure(wav, rate, item)
+            if system in timings:
+                result.renderings[system].seconds = timings[system]
+        if index < keep_examples:
+            examples[item.target.id] = {
+                "prompt": resample(prompt, prompt_sr, sr)[0],
+                **{SYSTEM_LABELS[s]: resample(w.reshape(1, -1), r, sr)[0]
+                   for s, (w, r) in renderings.items() if s != GROUND_TRUTH},
+                SYSTEM_LABELS[GROUND_TRUTH]: resample(truth, truth_sr, sr)[0],
+            }
+        results.append(result)
+        short = {GROUND_TRUTH: "GT", CODEC: "codec", **{synthesis_system(m): m for m in PROMPT_MODES}}
+        progress.set_postfix_str("WER " + " ".join(f"{short[s]} {r.wer:.0%}" for s, r in result.renderings.items()
+                                                   if r.wer is not None))
+    codec.examples = {k: v for k, v in codec.examples.items() if k in examples}  # the rest were only for the meters
+
+    order = [GROUND_TRUTH, CODEC, *systems]
+    families = sorted({r.family for r in results})
+    groups = {ALL: results} if families == [UNKNOWN_FAMILY] else {
+        **{family: [r for r in results if r.family == family] for family in families}, ALL: results}
+    summary = {
+        group: {system: summarize([r.renderings[system] for r in members if system in r.renderings])
+                for system in order if any(system in r.renderings for r in members)}
+        for group, members in groups.items()
+    }
+    meter_names = {"asr": asr.name if asr is not None else f"unavailable: {notes.get('asr', 'not asked for')}",
+                   "speaker": speaker.name if speaker is not None
+                   else f"unavailable: {notes.get('speaker', 'not asked for')}"}
+    settings = {"prompt_modes": list(prompt_modes), "n_references": n_references,
+                "min_prompt_seconds": MIN_PROMPT_SECONDS, "sample_rate": sr}
+    return TTSReport(meters=meter_names, settings=settings, items=results, summary=summary, codec=codec,
+                     synthesis_rtf=synthesis_seconds / synthesized if synthesized else None, examples=examples,
+                     sample_rate=sr, attention_example=attention_example)

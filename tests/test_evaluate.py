@@ -1,0 +1,188 @@
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import app.meters as meters
+from app.evaluation import CODEC, GROUND_TRUTH, choose_items, read_voice_families
+from app.figures import curve_group, read_scalars
+from app.meters import (ErrorCount, MeterUnavailable, char_errors, cosine_similarity, load_asr, load_speaker,
+                        normalize_for_scoring, word_error_rate, word_errors)
+from data.manifest import Utterance, write_manifest
+from data.synthetic import build_synthetic_corpus
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+sys.path.insert(0, str(RECIPES))
+
+import evaluate  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# -- error rates -----------------------------------------------------------------------------------
+
+
+def test_normalization_spells_numbers_and_drops_case_and_punctuation():
+    assert normalize_for_scoring("Dr. Smith paid $5 in 1984!") == normalize_for_scoring("dr smith paid five dollars "
+                                                                                       "in nineteen eighty-four")
+    assert normalize_for_scoring("It's  TWO, o'clock.") == "it s two o clock"
+    assert normalize_for_scoring("?!") == ""
+
+
+def test_word_and_character_error_rates():
+    assert word_error_rate("The cat sat on the mat.", "the cat sat on the mat") == 0.0
+    assert word_errors("the cat sat on the mat", "the cat sat on mat").errors == 1  # one deletion
+    assert word_errors("the cat sat", "a cat sat down") == ErrorCount(2, 3)  # a substitution and an insertion
+    assert word_error_rate("two dogs", "2 dogs") == 0.0  # numbers as words on both sides
+    assert word_error_rate("one two", "") == 1.0
+    assert word_errors("", "hello") == ErrorCount(1, 0) and ErrorCount(1, 0).rate == 1.0
+    assert ErrorCount(0, 0).rate == 0.0
+    assert char_errors("abc", "abd") == ErrorCount(1, 3)
+    total = word_errors("a b c d", "a b c d") + word_errors("a b", "x b")
+    assert total == ErrorCount(1, 6)  # corpus-level: summed errors over summed reference words
+
+
+# -- meters ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, module, loader", [("pocketsphinx", "pocketsphinx", load_asr),
+                                                  ("resemblyzer", "resemblyzer", load_speaker)])
+def test_a_missing_meter_package_says_how_to_install_it(monkeypatch, spec, module, loader):
+    monkeypatch.setitem(sys.modules, module, None)  # the import fails as if it were not installed
+    with pytest.raises(MeterUnavailable, match=rf"{module} is not installed.*pip install 'echo-tts\[eval\]'"):
+        loader(spec)
+
+
+def test_meter_errors_are_clear(tmp_path):
+    error = ImportError("No module named 'pkg_resources'", name="pkg_resources")
+    assert "setuptools<81" in str(meters._missing("resemblyzer", error))
+    with pytest.raises(MeterUnavailable, match="cannot load the Whisper ASR"):
+        load_asr(str(tmp_path / "no-whisper"))
+    with pytest.raises(MeterUnavailable, match="English only"):
+        load_asr("pocketsphinx", language="de")
+    with pytest.raises(MeterUnavailable, match="x-vector"):
+        load_speaker(str(tmp_path / "no-wavlm"))
+
+
+def test_xvector_speaker_meter_from_a_local_wavlm(tmp_path):
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    config = WavLMConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+                         num_conv_pos_embedding_groups=2, tdnn_dim=(8, 8), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1),
+                         xvector_output_dim=8, num_buckets=8, max_bucket_distance=20)
+    WavLMForXVector(config).save_pretrained(tmp_path / "wavlm")
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(tmp_path / "wavlm")
+    meter = load_speaker(str(tmp_path / "wavlm"))
+    wav = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
+    a, b = meter.embed(wav, 24000), meter.embed(torch.from_numpy(wav), 24000)
+    assert a.shape == (8,) and np.isclose(np.linalg.norm(a), 1.0)
+    assert cosine_similarity(a, b) == pytest.approx(1.0)
+
+
+def utterance(speaker: str, k: int, duration: float) -> Utterance:
+    return Utterance(f"{speaker}_{k}", f"/x/{speaker}_{k}.flac", f"text {k}", speaker, duration)
+
+
+def test_voice_families_come_from_speakers_json(tmp_path):
+    (tmp_path / "speakers.json").write_text(json.dumps({"speakers": [{"id": "s1", "engine": "flite"}, {"id": "s2"}]}))
+    assert read_voice_families(tmp_path / "speakers.json") == {"s1": "flite", "s2": "unknown"}
+    (tmp_path / "speakers.json").write_text("[]")
+    with pytest.raises(ValueError, match="no 'speakers' list"):
+        read_voice_families(tmp_path / "speakers.json")
+
+
+def test_items_cover_the_voices_first_with_deterministic_prompts():
+    pool = [utterance("a", k, 2.5 + k) for k in range(4)] + [utterance("b", k, 3.5) for k in range(3)] + \
+           [utterance("lonely", 0, 4.0)]
+    items = choose_items(pool, {"a": "flite"}, max_items=3, seed=0)
+    assert [i.target.id for i in items] == ["a_0", "b_0", "a_1"]  # round-robin; a single-utterance voice is left out
+    assert all(i.prompt.speaker == i.target.speaker and i.prompt.id != i.target.id for i in items)
+    assert all(i.prompt.duration >= 3.0 for i in items)
+    assert [i.family for i in items] == ["flite", "unknown", "flite"]
+    again = choose_items(pool, max_items=3, seed=0)
+    assert [(i.prompt.id, i.seed) for i in again] == [(i.prompt.id, i.seed) for i in items]  # same seed, same items
+    assert len(choose_items(pool)) == 7
+
+
+def test_training_curves_are_read_from_tensorboard_logs(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for name, start in (("first", 0), ("resumed", 2)):  # a resumed run logs its steps again into a new file
+        with SummaryWriter(tmp_path / "run" / "logs" / "lm", filename_suffix=name) as writer:
+            for step in range(start, start + 3):
+                writer.add_scalar("train/ar/loss", 5.0 - step + (0.5 if name == "resumed" else 0), step)
+                writer.add_scalar("val/nar/codebook_2/loss", 4.0, step)
+    curves = read_scalars(tmp_path / "run")
+    assert [step for step, _ in curves["train/ar/loss"]] == [0, 1, 2, 3, 4]
+    assert curve_group("val/nar/codebook_2/loss") == curve_group("train/ar/loss") == "loss"
+    assert curve_group("val/mel_distance_q4") == "mel_distance"
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+        read_scalars(tmp_path / "run" / "nothing-here")
+
+
+# -- the recipe end to end ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Three eSpeak voices with a few utterances each, and their speakers.json."""
+    root = tmp_path_factory.mktemp("corpus")
+    utterances = build_synthetic_corpus(root, hours=0.008, num_speakers=3, sample_rate=16000, workers=1,
+                                        use_flite=False)
+    write_manifest(root / "test.jsonl", utterances)
+    return root
+
+
+def test_evaluate_end_to_end(tiny_model_dir, corpus, tmp_path):
+    pytest.importorskip("pocketsphinx")
+    pytest.importorskip("resemblyzer")
+    run = tmp_path / "lm-run"
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(run / "logs" / "lm-both") as writer:
+        for step in range(3):
+            writer.add_scalar("train/ar/loss", 3.0 / (step + 1), step)
+    out = evaluate.main(["--model", str(tiny_model_dir), "--manifest", str(corpus / "test.jsonl"), "--max-items", "2",
+                         "--out", str(tmp_path / "eval"), "--examples", "1", "--references", "2", "--lm-run", str(run)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["meters"] == {"asr": "pocketsphinx", "speaker": "resemblyzer"}
+    assert len(report["items"]) == 2 and len({i["speaker"] for i in report["items"]}) == 2
+    systems = [GROUND_TRUTH, CODEC, "synthesis_with_text", "synthesis_without_text"]
+    for item in report["items"]:
+        assert set(item["renderings"]) == set(systems), item["errors"]
+        assert item["prompt_id"] != item["id"]
+        for system in systems:
+            heard = item["renderings"][system]
+            assert isinstance(heard["transcript"], str) and heard["words"] > 0
+            assert -1.0 <= heard["sim_own"] <= 1.0 and -1.0 <= heard["sim_others"] <= 1.0
+        for name in item["wavs"].values():
+            assert (out / "wavs" / name).is_file()
+    assert set(report["summary"]) == {"espeak", "all"}  # families from speakers.json
+    truth = report["summary"]["all"][GROUND_TRUTH]
+    assert truth["items"] == 2 and 0.0 <= truth["wer"] and truth["sim_own"] > truth["sim_others"]  # real voices
+    assert set(report["targets"]) == {"synthesis_with_text", "synthesis_without_text"}
+    assert report["codec"]["summaries"][0]["pesq"] is None or report["codec"]["summaries"][0]["pesq"] > 0
+    figures = report["figures"]
+    assert len(figures["spectrograms"]) == 1 and figures["attention"] == ["plots/attention.png"]
+    assert figures["curves"] == ["plots/curves/lm_loss.png"]
+    assert all((out / p).is_file() for paths in figures.values() for p in paths)
+    markdown = (out / "report.md").read_text()
+    assert "| espeak | ground truth | 2 |" in markdown and "WER ÷ GT" in markdown and "PESQ" in markdown
+
+
+def test_evaluate_without_a_meter_still_reports(tiny_model_dir, corpus, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pocketsphinx", None)
+    out = evaluate.main(["--model", str(tiny_model_dir), "--manifest", str(corpus / "test.jsonl"), "--max-items", "1",
+                         "--out", str(tmp_path / "eval"), "--examples", "0", "--prompt-text", "with",
+                         "--speaker", "none"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["meters"]["asr"].startswith("unavailable: pocketsphinx is not installed")
+    assert report["meters"]["speaker"] == "unavailable: not asked for (--speaker none)"
+    rendering = report["items"][0]["renderings"]["synthesis_with_text"]
+    assert rendering["transcript"] is None and rendering["sim_own"] is None
+    assert report["summary"]["espeak"]["synthesis_with_text"]["wer"] is None
+    assert "n/a" in (out / "report.md").read_text()

@@ -1,0 +1,163 @@
+"""The quickstart end to end on the `tiny` preset: every stage, then reruns that skip, resume and redo.
+
+The evaluate stage runs a stub of recipes/evaluate.py that records its command line: the real
+one has its own tests (tests/test_evaluate.py) and loads its meters for tens of seconds.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+import quickstart  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STUB = '''
+import json
+from pathlib import Path
+
+
+def main(argv):
+    out = Path(argv[argv.index("--out") + 1])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "argv.json").write_text(json.dumps(argv))
+    return {"wer_ratio": 0.5, "plots": ["not a number"]}
+'''
+
+
+@pytest.fixture(scope="module")
+def evaluate_stub(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipes") / "evaluate.py"
+    path.write_text(STUB)
+    return path
+
+
+def run_quickstart(run_dir: Path, *args: str, evaluate: Path) -> dict:
+    """quickstart.main on the tiny preset -> the run's quickstart.json."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quickstart, "EVALUATE_SCRIPT", evaluate)
+        assert quickstart.main(["--preset", "tiny", "--run-dir", str(run_dir), *args]) == run_dir / "model"
+    return json.loads((run_dir / "quickstart.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, evaluate_stub, one_thread) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("quickstart") / "run"
+    return run_dir, run_quickstart(run_dir, evaluate=evaluate_stub)
+
+
+def copy_of(tiny_run, tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir)
+    return run_dir
+
+
+def test_the_tiny_quickstart_leaves_a_model_samples_and_a_report(tiny_run):
+    run_dir, state = tiny_run
+    assert state["last_run"]["ran"] == quickstart.NAMES
+    for name in quickstart.NAMES:
+        record = state["stages"][name]
+        assert record["status"] == "completed", (name, record)
+        assert record["seconds"] >= 0.0
+    assert state["total_seconds"] == pytest.approx(sum(r["seconds"] for r in state["stages"].values()), abs=0.5)
+    assert state["paths"]["model"] == str(run_dir / "model")
+
+    from app import TTS
+
+    tts = TTS.from_pretrained(run_dir / "model")
+    assert tts.codec.n_q == 2
+
+    samples = json.loads((run_dir / "samples" / "samples.json").read_text())
+    assert len(samples) == 1
+    sample = samples[0]
+    for key in ("prompt", "reference", "cloned", "cloned_with_prompt_text"):
+        info = sf.info(str(run_dir / "samples" / sample[key]))
+        assert info.samplerate == tts.sample_rate and info.frames > 0, key
+    assert sample["cloned_ended_by_model"], "the tiny AR model must end the utterance itself"
+    assert sample["speaker"] in (run_dir / "corpus" / "test.jsonl").read_text()  # a held-out voice
+
+    argv = json.loads((run_dir / "report" / "argv.json").read_text())
+    assert argv[argv.index("--model") + 1] == str(run_dir / "model")
+    assert argv[argv.index("--manifest") + 1] == str(run_dir / "corpus" / "test.jsonl")
+    assert argv[argv.index("--max-items") + 1] == "2"
+    assert argv[argv.index("--lm-run") + 1] == str(run_dir / "lm")
+    assert state["stages"]["evaluate"]["metrics"] == {"wer_ratio": 0.5}
+
+    report = (run_dir / "report.md").read_text()
+    for name in quickstart.NAMES[:-1]:
+        assert f"| {name} | completed |" in report
+    assert "samples/00_" in report and "report/argv.json" in report and "wer_ratio: 0.5" in report
+
+
+def test_a_rerun_skips_every_stage(tiny_run, evaluate_stub, capsys):
+    run_dir, _ = tiny_run
+    model_time = (run_dir / "model" / "ar" / "model.safetensors").stat().st_mtime_ns
+    state = run_quickstart(run_dir, evaluate=evaluate_stub)
+    assert state["last_run"]["ran"] == []
+    assert state["last_run"]["skipped"] == {name: "finished" for name in quickstart.NAMES}
+    assert state["last_run"]["seconds"] < 5
+    assert (run_dir / "model" / "ar" / "model.safetensors").stat().st_mtime_ns == model_time
+    assert capsys.readouterr().out.count("skipped: finished in an earlier run") == len(quickstart.NAMES)
+
+
+def test_a_deleted_lm_output_redoes_the_lm_and_what_follows(tiny_run, evaluate_stub, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    shutil.rmtree(run_dir / "lm" / "model")
+    state = run_quickstart(run_dir, evaluate=evaluate_stub)
+    assert state["last_run"]["ran"] == ["lm", "export", "samples", "evaluate", "report"]
+    assert list(state["last_run"]["skipped"]) == ["corpus", "codec", "tokens"]
+    assert state["stages"]["lm"]["resumed"] == ["ar", "nar"]  # from the final checkpoints: nothing retrained
+    assert (run_dir / "model" / "nar" / "model.safetensors").is_file()
+
+
+def test_from_stage_and_only_redo_what_they_name(tiny_run, evaluate_stub, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    state = run_quickstart(run_dir, "--from-stage", "samples", evaluate=evaluate_stub)
+    assert state["last_run"]["ran"] == ["samples", "evaluate", "report"]
+
+    state = run_quickstart(run_dir, "--only", "samples", evaluate=evaluate_stub)
+    assert state["last_run"]["ran"] == ["samples", "report"]
+    assert state["stages"]["evaluate"]["status"] == "completed"  # nothing of evaluate reads the samples
+
+
+def test_an_interrupted_stage_is_recorded_and_resumed(tiny_run, evaluate_stub, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    from app.tts import TTS
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TTS, "generate", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_quickstart(run_dir, "--from-stage", "samples", evaluate=evaluate_stub)
+    state = json.loads((run_dir / "quickstart.json").read_text())
+    assert state["stages"]["samples"]["status"] == "interrupted"
+    assert "report" not in state["stages"] and not (run_dir / "report.md").exists()  # it reads the samples
+
+    state = run_quickstart(run_dir, evaluate=evaluate_stub)
+    assert state["last_run"]["ran"] == ["samples", "report"]
+    assert state["stages"]["samples"]["status"] == "completed"
+
+
+def test_without_evaluate_py_the_stage_is_skipped_with_its_reason(tiny_run, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    missing = tmp_path / "evaluate.py"
+    state = run_quickstart(run_dir, "--from-stage", "evaluate", evaluate=missing)
+    assert state["last_run"]["skipped"] == {"evaluate": f"{missing} does not exist"} | {
+        name: "finished" for name in quickstart.NAMES[:6]}
+    assert state["stages"]["evaluate"]["status"] == "skipped"
+    assert f"Not run: {missing} does not exist" in (run_dir / "report.md").read_text()
+
+
+def test_only_needs_the_stages_it_reads_and_a_run_directory_of_its_own(tmp_path):
+    with pytest.raises(SystemExit, match="reads the output of codec, tokens"):
+        quickstart.main(["--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--only", "lm"])
+    with pytest.raises(SystemExit, match="pyproject.toml"):
+        quickstart.main(["--preset", "tiny", "--run-dir", str(Path(__file__).resolve().parents[1]), "--only", "lm"])
