@@ -42,7 +42,7 @@ from app.meters import ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_s
 from app.prompt import MAX_SECONDS as MAX_PROMPT_SECONDS
 from app.prompt import PromptError
 from app.tts import TTS, Synthesis
-from codec.evaluation import CodecReport, evaluate_codec, reconstruction_label
+from codec.evaluation import CodecReport, evaluate_codec, finite_or_none, reconstruction_label
 from data.audio import AudioError, load_audio, resample, write_audio
 from data.manifest import Utterance
 
@@ -332,7 +332,7 @@ class TTSReport:
             family: {system: {**asdict(s), "separation": s.separation} for system, s in systems.items()}
             for family, systems in self.summary.items()
         }
-        return _finite_or_none({
+        return finite_or_none({
             "meters": self.meters,
             "settings": self.settings,
             "summary": summary,
@@ -400,16 +400,6 @@ def _number(value: float | None) -> str:
 
 def _verdict(met: bool | None) -> str:
     return "n/a" if met is None else ("met" if met else "not met")
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 def evaluate_tts(

@@ -26,12 +26,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from app.scoring import character_error_rate, normalize_transcript
+from app.scoring import edit_distance, normalize_transcript
 from data.audio import resample
 from data.normalize import EmptyTextError, normalize_text
 
@@ -54,17 +54,6 @@ def normalize_for_scoring(text: str, language: str = "en-us") -> str:
     except EmptyTextError:
         return ""
     return normalize_transcript(text)
-
-
-def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
-    """Levenshtein distance (substitutions + deletions + insertions) between two sequences."""
-    previous = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        current = [i]
-        for j, h in enumerate(hypothesis, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1]
 
 
 @dataclass(frozen=True)
@@ -96,7 +85,7 @@ def char_errors(reference: str, hypothesis: str, language: str = "en-us") -> Err
     hyp = normalize_for_scoring(hypothesis, language)
     if not ref:
         return ErrorCount(len(hyp), 0)
-    return ErrorCount(round(character_error_rate(ref, hyp) * len(ref)), len(ref))
+    return ErrorCount(edit_distance(ref, hyp), len(ref))
 
 
 def word_error_rate(reference: str, hypothesis: str, language: str = "en-us") -> float:

@@ -118,15 +118,20 @@ def normalize_transcript(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+    """Levenshtein distance (substitutions + deletions + insertions) between two sequences."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        current = [i]
+        for j, h in enumerate(hypothesis, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1]
+
+
 def character_error_rate(reference: str, hypothesis: str) -> float:
     """Levenshtein distance between the normalized texts / the reference's length (an empty reference: 0 or 1)."""
     ref, hyp = normalize_transcript(reference), normalize_transcript(hypothesis)
     if not ref:
         return 0.0 if not hyp else 1.0
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / len(ref)
+    return edit_distance(ref, hyp) / len(ref)

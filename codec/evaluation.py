@@ -96,7 +96,7 @@ class CodecReport:
         del d["examples"]
         for s, summary in zip(d["summaries"], self.summaries):
             s["kbps"] = summary.kbps
-        return _finite_or_none(d)
+        return finite_or_none(d)
 
     def to_json(self) -> str:
         """The report as strict JSON: a metric that could not be computed is null, not NaN."""
@@ -137,13 +137,13 @@ def _fmt(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
