@@ -157,6 +157,9 @@ class PocketSphinxASR:
     def transcribe(self, wav: np.ndarray | torch.Tensor, sample_rate: int) -> str:
         audio = _mono_at(wav, sample_rate, METER_RATE)
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+        # The decoder adapts to what it heard (its cepstral mean and more): without a reset, a
+        # recording's transcript depended on the syntheses decoded before it. 0.5 s a call.
+        self.decoder.reinit()
         self.decoder.start_utt()
         self.decoder.process_raw(pcm, full_utt=True)
         self.decoder.end_utt()
