@@ -89,8 +89,14 @@ def test_non_causal_output_does_see_the_future():
     assert not torch.equal(a[..., : 400 // codec.hop_length], b[..., : 400 // codec.hop_length])
 
 
-def test_save_and_load_give_identical_outputs(tmp_path):
-    codec = tiny()
+# the istft body's tiny size: 100 frames a second like the seanet tiny preset
+ISTFT = dict(architecture="istft", strides=(160,), n_fft=400, width=16, depth=1)
+
+
+@pytest.mark.parametrize("body", [{}, ISTFT], ids=["seanet", "istft"])
+def test_save_and_load_give_identical_outputs(tmp_path, body):
+    torch.manual_seed(0)
+    codec = EchoCodec(CodecConfig.from_dict({**preset("tiny").to_dict(), **body}))
     codec.train()
     codec(torch.randn(4, 1, 3200) * 0.1)  # k-means init and EMA updates change the codebook buffers
     codec.eval()
@@ -98,7 +104,7 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     codec.save_pretrained(tmp_path / "codec")
     assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == ["config.json", "model.safetensors"]
     for loaded in (EchoCodec.from_pretrained(tmp_path / "codec"), load_codec(tmp_path / "codec")):
-        assert loaded.identity == codec.identity
+        assert loaded.config.to_dict() == codec.config.to_dict() and loaded.identity == codec.identity
         codes = codec.encode(wav)
         assert torch.equal(loaded.encode(wav), codes)
         assert torch.equal(loaded.decode(codes), codec.decode(codes))

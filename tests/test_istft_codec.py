@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from codec.interface import load_codec
 from codec.losses import multiscale_mel_loss
 from codec.model import CodecConfig, EchoCodec
 
@@ -76,18 +75,7 @@ def test_overlap_add_inverts_the_encoders_stft():
     torch.testing.assert_close(codec.decoder.overlap_add(spec), wav.squeeze(1), atol=1e-5, rtol=1e-5)
 
 
-def test_save_and_load_give_identical_outputs(tmp_path):
-    codec = tiny()
-    codec.train()
-    codec(torch.randn(4, 1, 3200) * 0.1)  # k-means init and EMA updates change the codebook buffers
-    codec.eval()
-    wav = torch.randn(1, 1, 3200) * 0.1
-    codec.save_pretrained(tmp_path / "codec")
-    for loaded in (EchoCodec.from_pretrained(tmp_path / "codec"), load_codec(tmp_path / "codec")):
-        assert loaded.config == codec.config and loaded.identity == codec.identity
-        codes = codec.encode(wav)
-        assert torch.equal(loaded.encode(wav), codes)
-        assert torch.equal(loaded.decode(codes), codec.decode(codes))
+def test_an_istft_config_hashes_its_own_fields():
     assert tiny().identity.config_hash != tiny(n_fft=480).identity.config_hash
 
 
