@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from app.meters import ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_similarity, unit, word_errors
+from app.meters import ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_similarity, word_errors
+from app.scoring import unit
 from app.prompt import MAX_SECONDS as MAX_PROMPT_SECONDS
 from app.prompt import PromptError
 from app.tts import TTS, Synthesis

@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from app.scoring import edit_distance, normalize_transcript
+from app.scoring import edit_distance, normalize_transcript, unit
 from data.audio import resample
 from data.normalize import EmptyTextError, normalize_text
 
@@ -110,13 +110,7 @@ class SpeakerMeter(Protocol):
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b))
-    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float64).reshape(-1)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return float(unit(a) @ unit(b))
 
 
 def _mono_at(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int) -> np.ndarray:

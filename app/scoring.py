@@ -9,7 +9,8 @@ candidate with the highest weighted sum over the scorers wins (the first on a ti
 - `asr_scorer(asr)`: minus the character error rate of an ASR transcript of the candidate
   against the text it should say. Weight 5: 10 % CER outweighs 0.5 nats a token.
 - `speaker_scorer(embed)`: cosine similarity between a speaker embedding of the candidate and
-  of the prompt, for any `embed(wav, sample_rate) -> vector` (none ships with Echo).
+  of the prompt, for any `embed(wav, sample_rate) -> vector`, e.g. the `embed` of a meter from
+  `app.meters.load_speaker` (resemblyzer or an x-vector model).
 
 Scorers with `needs_audio` make every candidate go through the NAR and the codec; without
 them only the winners do.
@@ -83,13 +84,14 @@ def speaker_scorer(embed: Callable[[np.ndarray, int], np.ndarray], weight: float
     """Cosine similarity of `embed(candidate)` to `embed(prompt)`."""
 
     def score(candidates: Sequence[Candidate]) -> list[float]:
-        reference = _unit(embed(candidates[0].prompt_wav, candidates[0].sample_rate))
-        return [float(_unit(embed(c.wav, c.sample_rate)) @ reference) for c in candidates]
+        reference = unit(embed(candidates[0].prompt_wav, candidates[0].sample_rate))
+        return [float(unit(embed(c.wav, c.sample_rate)) @ reference) for c in candidates]
 
     return Scorer("speaker", score, weight, needs_audio=True)
 
 
-def _unit(vector) -> np.ndarray:
+def unit(vector) -> np.ndarray:
+    """The vector scaled to length 1, as float64 [D]."""
     vector = np.asarray(vector, dtype=np.float64).reshape(-1)
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
 

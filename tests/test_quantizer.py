@@ -338,7 +338,7 @@ def _distributed_worker(rank: int, world_size: int, init_file: str, result_file:
 def test_distributed_processes_keep_identical_codebooks(tmp_path):
     result_file = tmp_path / "states.pt"
     mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(result_file)), nprocs=2)
-    first, second = torch.load(result_file)
+    first, second = torch.load(result_file, weights_only=True)
     for key in first:
         assert torch.equal(first[key], second[key]), key
     assert all(bool(first[f"layers.{k}.initialized"]) for k in range(4))
