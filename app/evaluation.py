@@ -350,7 +350,8 @@ class TTSReport:
         lines = [
             f"ASR: {self.meters.get('asr')}; speaker encoder: {self.meters.get('speaker')}. "
             f"{len(self.items)} items by {len({i.speaker for i in self.items})} held-out speakers. "
-            "WER ÷ GT: the synthesis' WER over the ground truth's (same sentences, same voices, same ASR). "
+            "WER ÷ GT: the synthesis' WER over the ground truth's (same sentences, same voices, same ASR), "
+            "with its 90 % bootstrap interval over the items in brackets. "
             "Similarities are cosines to the speaker's voice (their other recordings), to the prompt "
             "recording, and to the other held-out voices (mean).",
             "",
@@ -365,6 +366,10 @@ class TTSReport:
                 ratio = "–"
                 if system != GROUND_TRUTH and truth is not None and s.wer is not None and truth.wer:
                     ratio = f"{s.wer / truth.wer:.2f}"
+                    members = [i for i in self.items if family == ALL or i.family == family]
+                    interval = wer_ratio_interval(members, system)
+                    if interval is not None:
+                        ratio += f" [{interval[0]:.2f}–{interval[1]:.2f}]"
                 lines.append(
                     f"| {family} | {SYSTEM_LABELS.get(system, system)} | {s.items} | {_percent(s.wer)} "
                     f"| {_percent(s.cer)} | {ratio} | {_number(s.sim_own)} | {_number(s.sim_prompt)} "
@@ -389,6 +394,25 @@ class TTSReport:
             lines += ["", f"{len(failed)} syntheses failed: "
                           + "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])]
         return "\n".join(lines) + "\n"
+
+
+def wer_ratio_interval(items: Sequence[ItemResult], system: str, confidence: float = 0.9, rounds: int = 2000,
+                       seed: int = 0) -> tuple[float, float] | None:
+    """The spread of a system's WER ÷ the ground truth's: a paired bootstrap over the items
+    (resampling sentences, each with its synthesis and its ground truth), as (low, high)."""
+    pairs = [(item.renderings[system].word_errors, item.renderings[GROUND_TRUTH].word_errors)
+             for item in items
+             if system in item.renderings and GROUND_TRUTH in item.renderings
+             and item.renderings[system].word_errors is not None
+             and item.renderings[GROUND_TRUTH].word_errors is not None]
+    if len(pairs) < 2:
+        return None
+    errors = np.array(pairs, dtype=float)  # [items, 2]: synthesis, ground truth
+    draws = np.random.default_rng(seed).integers(0, len(pairs), (rounds, len(pairs)))
+    totals = errors[draws].sum(1)  # [rounds, 2]
+    ratios = totals[:, 0] / np.maximum(totals[:, 1], 1)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
 
 
 def _percent(value: float | None) -> str:

@@ -293,8 +293,9 @@ class TTS:
                                   torch.full_like(text_lengths, prompt_text_length) if prompt_text_length else None)
         seeds = [derive_seed(seed, i, j) for i, j in batch]
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        start = torch.full_like(text_lengths, prompt_text_length) if self.ar.config.duration_guided else None
         result = generate_ar(self.ar, text, text_lengths, prompt, prompt_lengths, sampling=sampling,
-                             min_new_tokens=low, max_new_tokens=high, generator=generators)
+                             min_new_tokens=low, max_new_tokens=high, generator=generators, start_index=start)
         return [
             Candidate(chunk=i, text="", seed=s, codes1=result.codes[b, : int(result.lengths[b])].cpu(),
                       logprob=float(result.logprob[b]), finished=bool(result.finished[b]), sample_rate=self.sample_rate)

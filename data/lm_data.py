@@ -74,6 +74,7 @@ class LMExample:
     codes: torch.Tensor  # LongTensor [K, T] target codes
     mode: str  # the prompt actually used: "prefix" or "speaker"
     prompt_id: str  # the utterance the prompt was cut from
+    alignment: torch.Tensor | None = None  # LongTensor [T]: the text index each target frame speaks (aligned corpora)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class LMBatch:
     ids: list[str]
     speakers: list[str]
     prompt_modes: list[str]  # "prefix" or "speaker", per item
+    alignment: torch.Tensor | None = None  # LongTensor [B, T]: text index of each target frame (0 on pads)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -144,10 +146,16 @@ def collate(examples: Sequence[LMExample], pad_id: int) -> LMBatch:
     text = torch.full((B, int(text_lengths.max())), pad_id, dtype=torch.long)  # [B, N]
     prompt = torch.zeros(B, K, int(prompt_lengths.max()), dtype=torch.long)  # [B, K, P]
     codes = torch.zeros(B, K, int(code_lengths.max()), dtype=torch.long)  # [B, K, T]
+    aligned = [ex.alignment is not None for ex in examples]
+    if any(aligned) and not all(aligned):
+        raise ValueError("some examples carry an alignment and some do not; align the whole corpus")
+    alignment = torch.zeros(B, codes.shape[2], dtype=torch.long) if all(aligned) else None  # [B, T]
     for b, ex in enumerate(examples):
         text[b, : ex.text.shape[0]] = ex.text
         prompt[b, :, : ex.prompt.shape[1]] = ex.prompt
         codes[b, :, : ex.codes.shape[1]] = ex.codes
+        if alignment is not None:
+            alignment[b, : ex.alignment.shape[0]] = ex.alignment
     return LMBatch(
         text=text,
         text_lengths=text_lengths,
@@ -158,6 +166,7 @@ def collate(examples: Sequence[LMExample], pad_id: int) -> LMBatch:
         ids=[ex.id for ex in examples],
         speakers=[ex.speaker for ex in examples],
         prompt_modes=[ex.mode for ex in examples],
+        alignment=alignment,
     )
 
 
@@ -219,10 +228,14 @@ class LMDataset(Dataset):
             mode = "speaker" if rng.random() < self.prompt.p_speaker else "prefix"
         if mode == "speaker" and len(same_speaker) == 1:
             mode = "prefix"  # nobody else to take a prompt from
+        alignment = None  # [T]: text index per frame, from the durations of an aligned corpus
+        if item.durations is not None:
+            alignment = torch.repeat_interleave(torch.arange(len(item.durations)), item.durations)
         if mode == "prefix":
             P = min(self._prompt_frames(rng), int(self.prompt.max_fraction * T))
             return LMExample(id=item.id, speaker=item.speaker, text=item.text, prompt=codes[:, :P],
-                             codes=codes[:, P:], mode="prefix", prompt_id=item.id)
+                             codes=codes[:, P:], mode="prefix", prompt_id=item.id,
+                             alignment=alignment[P:] if alignment is not None else None)
         j = rng.randrange(len(same_speaker) - 1)  # any utterance of the speaker but this one
         source = self.corpus[same_speaker[j + (j >= self._place[index])]]
         source_codes = source.codes[: self.n_q]  # [K, T_source]
@@ -230,7 +243,7 @@ class LMDataset(Dataset):
         start = rng.randint(0, source_codes.shape[1] - P)
         return LMExample(id=item.id, speaker=item.speaker, text=item.text,
                          prompt=source_codes[:, start : start + P], codes=codes, mode="speaker",
-                         prompt_id=source.id)
+                         prompt_id=source.id, alignment=alignment)
 
     def collate(self, examples: Sequence[LMExample]) -> LMBatch:
         return collate(examples, self.pad_id)

@@ -12,6 +12,8 @@ everything else is JSON.
                                text     int32 [ΣN]     every utterance's text ids, one after another
       shard-00000.json         the shard's records: id, split, speaker, duration, language, text, n_frames,
                                n_text_tokens, shard, code_offset, text_offset
+      shard-00000.durations.safetensors   (optional, from recipes/align.py) durations int16 [ΣN]: frames per
+                               text id, laid out like `text`; each utterance's sum to its n_frames
       shard-00001.safetensors ...
 
 A shard counts once its .json exists. The writer writes the tensors first and the records
@@ -88,6 +90,7 @@ class TokenItem:
     record: TokenRecord
     codes: torch.Tensor  # LongTensor [K, T]
     text: torch.Tensor  # LongTensor [N]
+    durations: torch.Tensor | None = None  # LongTensor [N]: frames per text id, when the corpus is aligned
 
     @property
     def id(self) -> str:
@@ -121,6 +124,20 @@ def _read_header(directory: Path) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {version!r}; this Echo reads <= {FORMAT_VERSION}: upgrade Echo")
     return header
+
+
+def durations_path(directory: Path, shard: str) -> Path:
+    return directory / f"{shard}.durations.safetensors"
+
+
+def write_durations(directory: Path, shard: str, durations: torch.Tensor) -> None:
+    """Write a shard's durations int16 [ΣN] (laid out like its `text`) atomically."""
+    if durations.numel() and (durations.min() < 1 or durations.max() > INT16_MAX):
+        raise ValueError(f"durations must lie in [1, {INT16_MAX}] frames, got [{int(durations.min())}, {int(durations.max())}]")
+    path = durations_path(directory, shard)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"durations": durations.to(torch.int16).contiguous()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def _committed_shards(directory: Path) -> list[str]:
@@ -324,6 +341,7 @@ class TokenCorpus:
         self._handles: dict[str, Any] = {}
         self._vocab: Vocabulary | None = None
         self._frontend: TextFrontend | None = None
+        self._has_durations: bool | None = None
 
     @classmethod
     def open(cls, directory: str | Path, splits: str | Iterable[str] | None = None) -> "TokenCorpus":
@@ -352,8 +370,26 @@ class TokenCorpus:
             handle = safe_open(str(self.directory / f"{record.shard}.safetensors"), framework="pt")
             self._handles[record.shard] = handle
         frames = handle.get_slice("codes")[record.code_offset : record.code_offset + record.n_frames]  # [T, K]
-        ids = handle.get_slice("text")[record.text_offset : record.text_offset + record.n_text_tokens]  # [N]
-        return TokenItem(record=record, codes=frames.t().long().contiguous(), text=ids.long())
+        text_slice = slice(record.text_offset, record.text_offset + record.n_text_tokens)
+        ids = handle.get_slice("text")[text_slice]  # [N]
+        durations = None
+        if self.has_durations:
+            durations = self._durations_handle(record.shard).get_slice("durations")[text_slice].long()  # [N]
+        return TokenItem(record=record, codes=frames.t().long().contiguous(), text=ids.long(), durations=durations)
+
+    @property
+    def has_durations(self) -> bool:
+        """Whether every shard has its durations (written by recipes/align.py)."""
+        if self._has_durations is None:
+            shards = {r.shard for r in self.records}
+            self._has_durations = all(durations_path(self.directory, s).is_file() for s in shards)
+        return self._has_durations
+
+    def _durations_handle(self, shard: str):
+        key = shard + ".durations"
+        if key not in self._handles:
+            self._handles[key] = safe_open(str(durations_path(self.directory, shard)), framework="pt")
+        return self._handles[key]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -111,17 +111,18 @@ class ARResult:
 class _CachedDecoder:
     """Prefill [text] [prompt] [BOS] once, then one position per step from the KV cache."""
 
-    def __init__(self, model: ARModel, text, text_lengths, prompt, prompt_lengths, reserve: int):
-        self.model, self.reserve = model, reserve
+    def __init__(self, model: ARModel, text, text_lengths, prompt, prompt_lengths, reserve: int,
+                 start_index: torch.Tensor | None = None):
+        self.model, self.reserve, self.start_index = model, reserve, start_index
         self.inputs = (text, text_lengths, prompt, prompt_lengths)
         self.cache: ARCache | None = None
 
     def first(self) -> torch.Tensor:
-        logits, self.cache = self.model.prefill(*self.inputs, max_new_tokens=self.reserve)
+        logits, self.cache = self.model.prefill(*self.inputs, max_new_tokens=self.reserve, start_index=self.start_index)
         return logits  # [B, C + 1]
 
-    def next(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.step(tokens, self.cache)[0]  # [B, C + 1]
+    def next(self, tokens: torch.Tensor, advance: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.step(tokens, self.cache, advance)[0]  # [B, C + 1]
 
     def keep(self, index: torch.Tensor) -> None:
         self.cache.select(index)
@@ -138,7 +139,7 @@ class _FullDecoder:
     def first(self) -> torch.Tensor:
         return self.model.prefill(*self.inputs)[0]  # the full forward of [text] [prompt] [BOS]
 
-    def next(self, tokens: torch.Tensor) -> torch.Tensor:
+    def next(self, tokens: torch.Tensor, advance: torch.Tensor | None = None) -> torch.Tensor:
         self.codes = torch.cat([self.codes, tokens[:, None]], 1)
         B, t = self.codes.shape
         logits = self.model(*self.inputs, self.codes[:, None], self.codes.new_full((B,), t)).logits  # [B, t + 1, C + 1]
@@ -163,6 +164,7 @@ def generate_ar(
     generator: Generators = None,
     use_cache: bool = True,
     return_logits: bool = False,
+    start_index: torch.Tensor | None = None,
 ) -> ARResult:
     """Write codebook 1 for each item: text [B, N], prompt [B, K, P] (codebook 1 is read) -> ARResult.
 
@@ -172,6 +174,10 @@ def generate_ar(
     generator: None, one torch.Generator, or a list of B generators (one per item: the item's
         tokens then do not depend on the rest of the batch).
     use_cache: False recomputes the full forward at every step; same tokens, much slower.
+    start_index [B] (duration-guided models): the text token the first frame speaks, i.e. the
+        length of the prompt's transcript at the head of the text (0 without one). Such a model
+        never writes EOS: each frame draws "move on to the next token" from its advance head,
+        and the item ends on the frame that moves past its last token.
     """
     if model.training:
         raise ValueError("generate_ar needs the model in eval mode (dropout would make it random): call model.eval()")
@@ -191,6 +197,9 @@ def generate_ar(
                          f"with max_new_tokens {high.tolist()}")
     generators = _generators(generator, B)
     eos = model.config.eos_id
+    guided = model.config.duration_guided
+    if guided and not use_cache:
+        raise ValueError("a duration-guided AR generates with its KV cache only (use_cache=True)")
 
     T_max = int(high.max()) if B else 0
     codes = torch.zeros(B, T_max, dtype=torch.long, device=device)
@@ -200,20 +209,30 @@ def generate_ar(
     all_logits = torch.zeros(B, T_max, eos + 1, device=device) if return_logits else None
     steps = 0
     if B:
-        decoder = (_CachedDecoder if use_cache else _FullDecoder)(model, text, text_lengths, prompt, prompt_lengths,
-                                                                  T_max)
+        if use_cache:
+            decoder = _CachedDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index)
+        else:
+            decoder = _FullDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max)
         active = torch.arange(B, device=device)  # the items still writing, in decoder order
         logits = decoder.first()
+        advance = None
         for t in range(T_max):
             raw = logits.float()  # [A, C + 1]
             if return_logits:
                 all_logits[active, t] = raw
-            allowed = raw.masked_fill((t < low[active])[:, None] & _is_eos(raw), float("-inf"))
+            no_eos = _is_eos(raw) if guided else (t < low[active])[:, None] & _is_eos(raw)
+            allowed = raw.masked_fill(no_eos, float("-inf"))
             tokens = _choose(allowed, codes[active, :t], sampling, generators, active)  # [A]
             logprob[active] += raw.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
-            wrote_eos = tokens == eos
-            codes[active, t] = tokens.masked_fill(wrote_eos, 0)
-            lengths[active] = t + 1 - wrote_eos.long()
+            if guided:  # this frame is real; moving past the last token ends the item after it
+                advance = _draw_advance(decoder.cache.advance_logits, generators, active)  # [A]
+                at_last = decoder.cache.text_index == decoder.cache.text_lengths - 1
+                wrote_eos = advance & at_last & (t + 1 >= low[active])
+            else:
+                wrote_eos = tokens == eos
+            eos_written = torch.zeros_like(wrote_eos) if guided else wrote_eos  # an EOS token is no frame
+            codes[active, t] = tokens.masked_fill(eos_written, 0)
+            lengths[active] = t + 1 - eos_written.long()
             finished[active] = wrote_eos
             steps = t + 1
             done = wrote_eos | (t + 1 >= high[active])
@@ -223,9 +242,21 @@ def generate_ar(
                 keep = (~done).nonzero()[:, 0]
                 decoder.keep(keep)
                 active, tokens = active[keep], tokens[keep]
-            logits = decoder.next(tokens)
+                advance = advance[keep] if advance is not None else None
+            logits = decoder.next(tokens, advance)
     T = int(lengths.max()) if B else 0
     return ARResult(codes[:, :T], lengths, logprob, finished, all_logits[:, :steps] if return_logits else None)
+
+
+def _draw_advance(logits: torch.Tensor, generators: torch.Generator | list[torch.Generator] | None,
+                  active: torch.Tensor) -> torch.Tensor:
+    """Bernoulli(sigmoid(logits)) per active item [A] -> bool [A], from each item's own generator."""
+    p = torch.sigmoid(logits.float())
+    if isinstance(generators, list):
+        u = torch.cat([torch.rand(1, generator=generators[b], device=p.device) for b in active.tolist()])
+    else:
+        u = torch.rand(p.shape, generator=generators, device=p.device)
+    return u < p
 
 
 def _is_eos(logits: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,13 @@ class SelfAttention(nn.Module):
         )  # [B, H, L, Dh]
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
+    def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The attention probabilities `forward` uses (no dropout): x [B, L, D], mask [B, 1, L, L] -> [B, H, L, L]."""
+        B, L, D = x.shape
+        q, k, _ = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D // self.n_heads)  # [B, H, L, L]
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
 
 class FeedForward(nn.Module):
     """GELU MLP, or SwiGLU (the gate and value halves share one input projection)."""
@@ -230,3 +237,12 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, mask, cond, cache.layers[i] if cache is not None else None)
         return self.norm(x, cond)
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Every block's attention probabilities for a full forward: [B, H, L, L] per block."""
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attention.weights(block.attention_norm(x, cond), mask))
+            x = block(x, mask, cond)
+        return maps

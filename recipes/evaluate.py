@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--speaker", default="resemblyzer",
                         help="resemblyzer, an x-vector model directory or hub id (microsoft/wavlm-base-plus-sv), "
                              "or none")
+    parser.add_argument("--families", nargs="+", default=None,
+                        help="evaluate only voices of these families (e.g. flite, which pocketsphinx reads best); "
+                             "all held-out voices still count as 'other voices' for similarity")
     parser.add_argument("--prompt-text", choices=("with", "without", "both"), default="both",
                         help="synthesize with the prompt's transcript, without it, or both ways (default)")
     parser.add_argument("--codec-run", type=Path, default=None, help="codec training run dir: plot its curves")
@@ -131,7 +134,12 @@ def main(argv: list[str] | None = None) -> Path:
     families = read_voice_families(speakers_file) if speakers_file.is_file() else None
     if args.speakers is not None and families is None:
         raise FileNotFoundError(f"--speakers {args.speakers} does not exist")
-    items = choose_items(utterances, families, args.max_items, args.seed)
+    chosen = utterances
+    if args.families:
+        if families is None:
+            raise SystemExit(f"--families needs the corpus' speakers.json ({speakers_file} is missing)")
+        chosen = [u for u in utterances if families.get(u.speaker) in args.families]
+    items = choose_items(chosen, families, args.max_items, args.seed)
     if not items:
         raise SystemExit(f"{args.manifest} has no speaker with two or more utterances: nothing to prompt with")
 

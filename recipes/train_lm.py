@@ -34,6 +34,7 @@ from data.tokens import TokenCorpus
 from lm.ar import ARConfig, ARModel
 from lm.nar import NARConfig, NARModel
 from lm.pretrained import PretrainedLM, text_vocab_identity
+from lm.reading import attention_stats, shuffle_text
 from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, resume_from_checkpoint, save_checkpoint, save_config
 
 STAGES = ("ar", "nar", "both")
@@ -47,6 +48,7 @@ class ModelSize:
     ffn_dim: int = 4096
     ffn: str = "gelu"
     dropout: float = 0.1
+    duration_guided: bool = False  # AR only: read the aligned text token at each frame (recipes/align.py first)
 
 
 @dataclass
@@ -104,11 +106,15 @@ def build_models(cfg: TrainLMConfig, corpus: TokenCorpus, stages: list[str]) -> 
             models[stage] = model_class.from_pretrained(source, expect_codec=codec, expect_text_vocab=vocab)
             continue
         size = getattr(cfg, stage)
+        extra = {"duration_guided": size.duration_guided} if stage == "ar" else {}
+        if extra.get("duration_guided") and not corpus.has_durations:
+            raise SystemExit(f"--ar.duration_guided needs durations in {corpus.directory}: "
+                             f"run `python recipes/align.py --tokens {corpus.directory}` first")
         models[stage] = model_class(config_class(
             text_vocab_size=len(corpus.vocab), text_pad_id=corpus.vocab.pad_id,
             codebook_size=codec.codebook_size, n_q=codec.n_q, codec=codec.to_dict(), text_vocab=vocab,
             d_model=size.d_model, n_heads=size.n_heads, n_layers=size.n_layers, ffn_dim=size.ffn_dim,
-            ffn=size.ffn, dropout=size.dropout,
+            ffn=size.ffn, dropout=size.dropout, **extra,
         ))  # fmt: skip
     return models
 
@@ -123,18 +129,28 @@ def run_models(models: dict[str, torch.nn.Module], batch: LMBatch, n_q: int, gen
     outputs = {}
     args = (batch.text, batch.text_lengths, batch.prompt, batch.prompt_lengths, batch.codes, batch.code_lengths)
     if "ar" in models:
-        outputs["ar"] = models["ar"](*args)
+        outputs["ar"] = models["ar"](*args, alignment=batch.alignment)
     if "nar" in models:
         outputs["nar"] = models["nar"](*args, stage=nar_stages(batch, n_q, generator))
     return outputs
 
 
 @torch.no_grad()
-def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int, n_q: int, device) -> dict[str, float]:
-    """Loss and top-1/top-10 accuracy on dev batches: the AR's codebook 1 and each NAR codebook j."""
+def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int, n_q: int, device,
+             seed: int = 0) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Loss and top-1/top-10 accuracy on dev batches: the AR's codebook 1 and each NAR codebook j.
+
+    For the AR also what reading buys (lm/reading.py): the same batches with each item's text
+    shuffled (`ar/shuffled_text/*`, and `ar/reading_gap` = top-1 minus shuffled top-1), and its
+    attention onto the text on the first batch (focus rate, monotonicity, error against the
+    aligner's durations where the corpus has them) for the layer that focuses most. Returns the
+    figures and that layer's attention of the first item [T, N] (None without an AR).
+    """
     for model in models.values():
         model.eval()
     sums: dict[str, list[float]] = {}
+    generator = torch.Generator().manual_seed(seed)
+    attention_figures, first_attention = {}, None
 
     def add(name: str, out) -> None:
         n = float(out.n_tokens)
@@ -150,7 +166,18 @@ def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int
         batch = batch.to(device)
         args = (batch.text, batch.text_lengths, batch.prompt, batch.prompt_lengths, batch.codes, batch.code_lengths)
         if "ar" in models:
-            add("ar/codebook_1", models["ar"](*args))
+            ar = models["ar"]
+            add("ar/codebook_1", ar(*args, alignment=batch.alignment))
+            shuffled = shuffle_text(batch.text, batch.text_lengths, generator)
+            add("ar/shuffled_text", ar(shuffled, *args[1:], alignment=batch.alignment))
+            if i == 0:
+                maps = ar.text_attention(*args, alignment=batch.alignment)  # [layers, B, T, N]
+                per_layer = [attention_stats(m, batch.code_lengths, batch.alignment) for m in maps]
+                best = max(range(len(per_layer)), key=lambda k: per_layer[k]["focus_rate"])
+                attention_figures = {f"ar/attention/{k}": v for k, v in per_layer[best].items()}
+                attention_figures["ar/attention/layer"] = best + 1
+                T, N = int(batch.code_lengths[0]), int(batch.text_lengths[0])
+                first_attention = maps[best, 0, :T, :N].cpu()
         if "nar" in models:
             for j in range(2, n_q + 1):
                 add(f"nar/codebook_{j}", models["nar"](*args, stage=j))
@@ -160,7 +187,23 @@ def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int
     for name, (loss, top1, top10, n) in sums.items():
         n = max(n, 1.0)
         result.update({f"{name}/loss": loss / n, f"{name}/top1": top1 / n, f"{name}/top10": top10 / n})
-    return result
+    if "ar/codebook_1/top1" in result:
+        result["ar/reading_gap"] = result["ar/codebook_1/top1"] - result["ar/shuffled_text/top1"]
+    return result | attention_figures, first_attention
+
+
+def attention_figure(attention: torch.Tensor, step: int):
+    """A matplotlib figure of one dev item's attention onto its text [T, N]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.imshow(attention.T.numpy(), origin="lower", aspect="auto", interpolation="none")
+    ax.set(xlabel="frame", ylabel="text token", title=f"AR attention onto the text, step {step}")
+    fig.tight_layout()
+    return fig
 
 
 def export(cfg: TrainLMConfig, models: dict[str, PretrainedLM], corpus: TokenCorpus, run_dir: Path) -> Path:
@@ -281,6 +324,9 @@ def main(argv: list[str] | None = None) -> Path:
                 for stage, out in outputs.items():
                     logs.update({f"train/{stage}/loss": out.loss.item(), f"train/{stage}/top1": out.top1.item(),
                                  f"train/{stage}/top10": float(out.top10)})
+                    if getattr(out, "advance_loss", None) is not None:
+                        logs.update({f"train/{stage}/advance_loss": out.advance_loss.item(),
+                                     f"train/{stage}/advance_accuracy": float(out.advance_accuracy)})
                 accelerator.log(logs, step=step)
                 progress.set_postfix({f"{s}_loss": f"{o.loss.item():.3f}" for s, o in outputs.items()}
                                      | {"frames/s": f"{frames_seen / elapsed:.0f}"})
@@ -289,10 +335,16 @@ def main(argv: list[str] | None = None) -> Path:
             if dev_loader is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                 if accelerator.is_main_process:
                     unwrapped = {s: accelerator.unwrap_model(m) for s, m in wrapped.items()}
-                    result = validate(unwrapped, dev_loader, cfg.val_batches, n_q, accelerator.device)
+                    result, attention = validate(unwrapped, dev_loader, cfg.val_batches, n_q, accelerator.device,
+                                                 seed=cfg.seed)
                     accelerator.log({f"val/{k}": v for k, v in result.items()}, step=step)
+                    if attention is not None:
+                        figure = attention_figure(attention, step)
+                        accelerator.get_tracker("tensorboard").writer.add_figure("val/ar/attention", figure, step)
                     shown = ", ".join(f"{k.removesuffix('/top1').replace('/codebook_', ' q')} {v:.3f}" for k, v in result.items() if k.endswith("top1"))
-                    tqdm.write(f"step {step}: dev top-1 accuracy: {shown}")
+                    reading = ", ".join(f"{k.removeprefix('ar/')} {v:.3f}" for k, v in result.items()
+                                        if k == "ar/reading_gap" or k.startswith("ar/attention/"))
+                    tqdm.write(f"step {step}: dev top-1 accuracy: {shown}" + (f"; {reading}" if reading else ""))
                     (run_dir / f"validation-{cfg.stage}.json").write_text(json.dumps({"step": step, **result}, indent=2))
                 accelerator.wait_for_everyone()
 

@@ -117,17 +117,20 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def load_config(
-    config_type: type[C], preset: str | Path, overrides: list[str] | dict[str, Any] = (), preset_dir: Path = CONFIG_DIR
+    config_type: type[C], preset: str | Path | None, overrides: list[str] | dict[str, Any] = (),
+    preset_dir: Path = CONFIG_DIR,
 ) -> C:
-    """Build `config_type` from a YAML preset (a name in `preset_dir` or a path to a file) and overrides."""
-    path = Path(preset)
-    if not path.suffix:
-        path = preset_dir / f"{preset}.yaml"
-    if not path.is_file():
-        available = sorted(p.stem for p in preset_dir.glob("*.yaml"))
-        raise FileNotFoundError(f"no preset {preset!r} ({path}); available: {', '.join(available)}")
+    """Build `config_type` from a YAML preset (a name in `preset_dir` or a path to a file; None: the
+    dataclass's defaults) and overrides."""
     config = config_type()
-    config = _apply(config, yaml.safe_load(path.read_text()) or {})
+    if preset is not None:
+        path = Path(preset)
+        if not path.suffix:
+            path = preset_dir / f"{preset}.yaml"
+        if not path.is_file():
+            available = sorted(p.stem for p in preset_dir.glob("*.yaml"))
+            raise FileNotFoundError(f"no preset {preset!r} ({path}); available: {', '.join(available)}")
+        config = _apply(config, yaml.safe_load(path.read_text()) or {})
     config = _apply(config, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     for value in [config] + [getattr(config, f.name) for f in dataclasses.fields(config)]:
         if dataclasses.is_dataclass(value) and hasattr(value, "__post_init__"):

@@ -1,0 +1,198 @@
+"""Align a tokenized corpus: train Echo's aligner on it, then write every utterance's durations.
+
+    python recipes/align.py --tokens runs/quickstart/tokens --run_dir runs/quickstart/aligner
+    python recipes/align.py --tokens runs/libritts/tokens --run_dir runs/libritts/aligner --steps 4000
+
+The aligner (lm/aligner.py) learns from the tokens themselves, with no external tool, which
+text token each codec frame speaks; the duration-guided AR trains on the result. The run
+directory receives the TensorBoard logs, the aligner in `model/` and `alignment.png` (one dev
+utterance's soft and hard alignment); the token directory receives one
+`shard-*.durations.safetensors` beside each shard. A rerun with `--resume` keeps a trained
+aligner and writes only the shards still missing their durations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from data.lm_data import FrameBudgetBatchSampler
+from data.tokens import TokenCorpus, durations_path, write_durations
+from lm.aligner import Aligner, AlignerConfig
+from lm.pretrained import text_vocab_identity
+from training import config_to_dict, load_config, lr_at
+
+
+@dataclass
+class AlignConfig:
+    tokens: str = "runs/quickstart/tokens"
+    run_dir: str = "runs/quickstart/aligner"
+    d_model: int = 256
+    n_layers: int = 3
+    align_dim: int = 80
+    steps: int = 1500
+    max_frames: int = 16000  # frames per batch (items x longest item)
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    log_every: int = 25
+    seed: int = 0
+
+
+def pad_batch(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TokenItems -> text [B, N], text_lengths [B], codes [B, K, T], code_lengths [B] (padded with 0)."""
+    text_lengths = torch.tensor([len(it.text) for it in items])
+    code_lengths = torch.tensor([it.codes.shape[1] for it in items])
+    K = items[0].codes.shape[0]
+    text = torch.zeros(len(items), int(text_lengths.max()), dtype=torch.long)
+    codes = torch.zeros(len(items), K, int(code_lengths.max()), dtype=torch.long)
+    for b, it in enumerate(items):
+        text[b, : len(it.text)] = it.text
+        codes[b, :, : it.codes.shape[1]] = it.codes
+    return text, text_lengths, codes, code_lengths
+
+
+def train(cfg: AlignConfig, corpus: TokenCorpus, run_dir: Path) -> Aligner:
+    torch.manual_seed(cfg.seed)
+    codec = corpus.codec_identity
+    aligner = Aligner(AlignerConfig(
+        text_vocab_size=len(corpus.vocab), text_pad_id=corpus.vocab.pad_id, codebook_size=codec.codebook_size,
+        n_q=codec.n_q, codec=codec.to_dict(), text_vocab=text_vocab_identity(corpus.vocab.to_dict()),
+        d_model=cfg.d_model, n_layers=cfg.n_layers, align_dim=cfg.align_dim,
+    )).train()  # fmt: skip
+    optimizer = torch.optim.AdamW(aligner.parameters(), lr=cfg.lr)
+    usable = [i for i, r in enumerate(corpus.records) if r.n_frames >= r.n_text_tokens]
+    sampler = FrameBudgetBatchSampler([corpus.records[i].n_frames for i in usable], cfg.max_frames, seed=cfg.seed)
+    writer = SummaryWriter(str(run_dir / "logs"))
+    progress = tqdm(total=cfg.steps, desc="aligner")
+    step, epoch, clock = 0, 0, time.perf_counter()
+    while step < cfg.steps:
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            text, text_lengths, codes, code_lengths = pad_batch([corpus[usable[i]] for i in batch])
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+            loss = aligner(text, text_lengths, codes, code_lengths).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(aligner.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            progress.update(1)
+            if step % cfg.log_every == 0:
+                writer.add_scalar("train/forward_sum_loss", loss.item(), step)
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+            if step >= cfg.steps:
+                break
+        epoch += 1
+    progress.close()
+    writer.close()
+    print(f"aligner: {cfg.steps} steps in {time.perf_counter() - clock:.0f} s, final loss {loss.item():.3f}")
+    return aligner.eval()
+
+
+def write_all_durations(aligner: Aligner, corpus: TokenCorpus, max_frames: int) -> dict[str, float]:
+    """Durations for every shard still missing them; returns summary statistics of the alignment."""
+    by_shard: dict[str, list[int]] = {}
+    for i, record in enumerate(corpus.records):
+        by_shard.setdefault(record.shard, []).append(i)
+    frames_per_token, single, focus, n_tokens = 0.0, 0, 0.0, 0
+    for shard, indices in tqdm(sorted(by_shard.items()), desc="durations"):
+        if durations_path(corpus.directory, shard).is_file():
+            continue
+        indices.sort(key=lambda i: corpus.records[i].text_offset)
+        total = sum(corpus.records[i].n_text_tokens for i in indices)
+        flat = torch.ones(total, dtype=torch.long)
+        start = corpus.records[indices[0]].text_offset
+        chunk: list[int] = []
+        for i in indices + [None]:
+            if i is not None and (len(chunk) + 1) * max(corpus.records[j].n_frames for j in chunk + [i]) <= max_frames:
+                chunk.append(i)
+                continue
+            if chunk:
+                items = [corpus[j] for j in chunk]
+                text, text_lengths, codes, code_lengths = pad_batch(items)
+                lengths_ok = code_lengths >= text_lengths
+                durations = torch.ones_like(text)
+                if lengths_ok.any():
+                    keep = lengths_ok.nonzero()[:, 0]
+                    durations[keep] = aligner.durations(text[keep], text_lengths[keep], codes[keep], code_lengths[keep])
+                    with torch.no_grad():
+                        log_probs = aligner(text[keep], text_lengths[keep], codes[keep], code_lengths[keep]).log_probs
+                    real = torch.arange(codes.shape[2])[None] < code_lengths[keep][:, None]
+                    focus += float(log_probs.exp().amax(-1)[real].sum())
+                for b, j in enumerate(chunk):
+                    record = corpus.records[j]
+                    N = record.n_text_tokens
+                    d = durations[b, :N] if lengths_ok[b] else _even(N, record.n_frames)
+                    flat[record.text_offset - start : record.text_offset - start + N] = d
+                    frames_per_token += float(d.sum())
+                    single += int((d == 1).sum())
+                    n_tokens += N
+            chunk = [i] if i is not None else []
+        write_durations(corpus.directory, shard, flat)
+    frames = max(frames_per_token, 1.0)
+    return {"frames_per_token": frames_per_token / max(n_tokens, 1), "one_frame_tokens": single / max(n_tokens, 1),
+            "focus_rate": focus / frames}
+
+
+def _even(N: int, T: int) -> torch.Tensor:
+    """A fallback for an utterance with fewer frames than tokens: as even as the frames allow (some get 0)."""
+    edges = torch.linspace(0, T, N + 1).round().long()
+    return edges[1:] - edges[:-1]
+
+
+def plot_alignment(aligner: Aligner, corpus: TokenCorpus, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    item = corpus[0]
+    text, text_lengths, codes, code_lengths = pad_batch([item])
+    with torch.no_grad():
+        soft = aligner(text, text_lengths, codes, code_lengths).log_probs[0].exp()  # [T, N]
+    durations = aligner.durations(text, text_lengths, codes, code_lengths)[0]
+    hard = torch.zeros_like(soft)
+    hard[torch.arange(soft.shape[0]), torch.repeat_interleave(torch.arange(len(durations)), durations)] = 1
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, image, title in zip(axes, (soft, hard), ("soft alignment", "durations (monotonic search)")):
+        ax.imshow(image.T.numpy(), origin="lower", aspect="auto", interpolation="none")
+        ax.set(title=f"{item.id}: {title}", xlabel="frame", ylabel="text token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resume", action="store_true", help="keep a trained aligner; write the missing durations")
+    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(AlignConfig, None, overrides)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    corpus = TokenCorpus.open(cfg.tokens)
+    model_dir = run_dir / "model"
+    if args.resume and (model_dir / "config.json").is_file():
+        aligner = Aligner.from_pretrained(model_dir, expect_codec=corpus.codec_identity)
+    else:
+        (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        aligner = train(cfg, corpus, run_dir)
+        aligner.save_pretrained(model_dir)
+    stats = write_all_durations(aligner, corpus, cfg.max_frames)
+    plot_alignment(aligner, corpus, run_dir / "alignment.png")
+    (run_dir / "alignment.json").write_text(json.dumps(stats, indent=2) + "\n")
+    print("alignment: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+    return stats
+
+
+if __name__ == "__main__":
+    main()
