@@ -2,18 +2,16 @@
 
     curves = read_scalars("runs/lm-cpu")                       # tag -> [(step, value)], from RUN/logs
     plot_training_curves(curves, "eval/plots/curves", "lm")   # one figure per kind of curve
-    weights = ar_attention(tts, synthesis)                      # [T + 1, N]: target frames onto text tokens
+    weights, tokens, n_prompt = ar_attention(tts, synthesis)    # [T, N]: written frames onto text tokens
     plot_attention(weights, tokens, "eval/plots/attention.png", tts.frame_rate)
 
-The attention map is read from outside the model: a forward pre-hook on the last block's
-attention catches its input and mask during one teacher-forced forward pass over the
-synthesized codebook 1, and the weights are recomputed from the block's own projections
-(the model itself calls a fused kernel that never forms them).
+The attention map comes from one teacher-forced pass over the synthesized codebook 1
+(`ARModel.text_attention`, which forms the weights the fused attention kernel never shows), in
+the layer whose frames focus most on single tokens.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -83,11 +81,12 @@ def plot_training_curves(curves: Mapping[str, Sequence[tuple[float, float]]], ou
 
 @torch.inference_mode()
 def ar_attention(tts: TTS, synthesis: Synthesis, chunk: int = 0) -> tuple[np.ndarray, list[str], int]:
-    """The AR model's last-layer attention (mean over heads) from each target position onto the text.
+    """The AR model's attention (mean over heads) from each written frame onto the text, in the
+    layer that focuses most (`ARModel.text_attention`, lm/reading.py).
 
-    Returns (weights [T + 1, N], the N text tokens, how many of them are the prompt's transcript):
-    row 0 is BOS (it predicts frame 1), row t predicts frame t + 1 or EOS. Each row holds the
-    share of that position's attention that goes to each text token; the rest went to the audio.
+    Returns (weights [T, N], the N text tokens, how many of them are the prompt's transcript):
+    row t is the position that wrote frame t; each row is that position's attention onto the
+    text, renormalized to sum to 1 (the rest went to the audio).
     """
     segment = synthesis.segments[chunk]
     codes1 = segment.chosen.codes1.long().to(tts.device)  # [T]
@@ -96,41 +95,29 @@ def ar_attention(tts: TTS, synthesis: Synthesis, chunk: int = 0) -> tuple[np.nda
     text = torch.tensor(texts[0], dtype=torch.long, device=tts.device)  # [N]
     prompt = synthesis.voice.codes.long().to(tts.device)  # [K, P]
     N, P, T = text.shape[0], prompt.shape[1], codes1.shape[0]
-    attention = tts.ar.transformer.blocks[-1].attention
-    caught = {}
-
-    def catch(module, args):
-        caught["x"], caught["mask"] = args[0], args[1]
-
-    handle = attention.register_forward_pre_hook(catch)
-    try:
-        tts.ar(text[None], torch.tensor([N], device=tts.device), prompt[None], torch.tensor([P], device=tts.device),
-               codes1[None, None], torch.tensor([T], device=tts.device))
-    finally:
-        handle.remove()
-    x, mask = caught["x"], caught["mask"]  # [1, L, D], [1, 1, L, L] bool
-    B, L, D = x.shape
-    H = attention.n_heads
-    q, k, _ = attention.qkv(x).view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4)  # [B, H, L, Dh] each
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(D // H)  # [B, H, L, L]
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)[0]  # [L, L]
-    target = weights[N + P : N + P + T + 1, :N]  # [T + 1, N]: BOS and the frames, onto the text
+    alignment = segment.chosen.alignment
+    maps = tts.ar.text_attention(
+        text[None], torch.tensor([N], device=tts.device), prompt[None], torch.tensor([P], device=tts.device),
+        codes1[None, None], torch.tensor([T], device=tts.device),
+        alignment=None if alignment is None else alignment[None].to(tts.device))  # [layers, 1, T, N]
+    best = max(range(maps.shape[0]), key=lambda k: float(maps[k, 0].amax(-1).mean()))
     tokens = tts.frontend.vocab.decode(texts[0])
-    return target.float().cpu().numpy(), tokens, prompt_text_length
+    return maps[best, 0].float().cpu().numpy(), tokens, prompt_text_length
 
 
 def plot_attention(weights: np.ndarray, tokens: Sequence[str], path: str | Path, frame_rate: float,
-                   title: str = "", prompt_text_length: int = 0) -> Path:
+                   title: str = "", prompt_text_length: int = 0, spoken: np.ndarray | None = None) -> Path:
     """Text tokens (rows) against target frames in seconds (columns), each frame's text attention
     scaled to sum to 1, so that an alignment reads as a diagonal whatever the share left to the audio.
 
     prompt_text_length: how many of the first tokens are the prompt's transcript (a dashed line ends them).
+    spoken [T]: the token each frame was written for (a duration-guided AR's pointer), drawn as a red line.
     """
     from matplotlib.figure import Figure
 
     from data.plots import _save
 
-    weights = np.asarray(weights, dtype=np.float64)  # [T + 1, N]
+    weights = np.asarray(weights, dtype=np.float64)  # [T, N]
     share = weights.sum(axis=1, keepdims=True)
     aligned = weights / np.maximum(share, 1e-12)
     fig = Figure(figsize=(min(14.0, max(7.0, weights.shape[0] / 20)), min(12.0, max(4.0, len(tokens) / 9))),
@@ -141,8 +128,12 @@ def plot_attention(weights: np.ndarray, tokens: Sequence[str], path: str | Path,
     ax.set_yticks(range(len(tokens)), labels=list(tokens), fontsize=5)
     if prompt_text_length:
         ax.axhline(prompt_text_length - 0.5, color="white", linewidth=0.8, linestyle="--")  # prompt text | sentence
+    if spoken is not None:
+        seconds = (np.arange(len(spoken)) + 0.5) / frame_rate
+        ax.step(seconds, np.asarray(spoken), where="mid", color="red", linewidth=0.8, label="token spoken")
+        ax.legend(loc="upper left", fontsize=6)
     ax.set_xlabel("target time (s)")
     ax.set_ylabel("text token")
-    ax.set_title(title or f"AR last-layer attention onto the text (mean share {float(share.mean()):.0%})")
+    ax.set_title(title or "AR attention onto the text")
     fig.colorbar(image, ax=ax, label="share of the frame's text attention")
     return _save(fig, path)

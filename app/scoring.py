@@ -44,6 +44,7 @@ class Candidate:
     wav: np.ndarray | None = None  # float32 [T], once decoded (for scorers that need audio)
     sample_rate: int = 0
     prompt_wav: np.ndarray | None = None  # the voice prompt, decoded by the codec (for speaker scorers)
+    alignment: torch.Tensor | None = None  # LongTensor [T]: the text index each frame spoke (duration-guided AR)
 
     @property
     def n_frames(self) -> int:

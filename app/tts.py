@@ -298,6 +298,7 @@ class TTS:
                              min_new_tokens=low, max_new_tokens=high, generator=generators, start_index=start)
         return [
             Candidate(chunk=i, text="", seed=s, codes1=result.codes[b, : int(result.lengths[b])].cpu(),
+                      alignment=None if result.alignment is None else result.alignment[b, : int(result.lengths[b])].cpu(),
                       logprob=float(result.logprob[b]), finished=bool(result.finished[b]), sample_rate=self.sample_rate)
             for b, ((i, _), s) in enumerate(zip(batch, seeds))
         ]

@@ -11,8 +11,10 @@ download. Every speaker is a fixed combination of
 - timbre: a vocal-tract-length warp (every frequency, formants included, times `warp`), a
   spectral tilt and a loudness.
 
-Speaker `spk{i:03d}` is male for even i and female for odd i; with flite, speakers 8, 17, 26, 35
-and 44 are flite voices (`FLITE_VOICES`) of the same gender as the slot. Voices are dealt out
+Speaker `spk{i:03d}` is male for even i and female for odd i; with flite, every third speaker
+(i % 3 == 2) is instead one of flite's voices (`FLITE_VOICES`, in turn) with its own pitch,
+rate, warp and tilt, so that a third of the corpus, and of the held-out voices, sound like the
+natural voices that an offline ASR understands. Voices are dealt out
 so that no two eSpeak speakers share an (accent, variant) pair. The settings are a pure
 function of (num_speakers, seed, use_flite) and are saved in `speakers.json`, together with
 the eSpeak pitch parameter calibrated to reach the target F0 and the F0 measured.
@@ -72,7 +74,8 @@ ACCENTS = (
 )  # fmt: skip
 F0_RANGE = {"male": (85.0, 155.0), "female": (160.0, 255.0)}  # Hz, after the warp
 
-# (voice, gender, accent); awb is a Scottish speaker, the others American.
+# (voice, gender, accent); awb is a Scottish speaker, the others American. slt, flite's only
+# female voice, comes twice in the cycle.
 FLITE_VOICES = (
     ("awb", "male", "en-gb-scotland"),
     ("slt", "female", "en-us"),
@@ -80,7 +83,7 @@ FLITE_VOICES = (
     ("slt", "female", "en-us"),
     ("kal16", "male", "en-us"),
 )
-FLITE_SLOT_EVERY = 9  # speaker i is flite's when i % 9 == 8, for the first len(FLITE_VOICES) such slots
+FLITE_SLOT_EVERY = 3  # speaker i is flite's when i % 3 == 2, going round FLITE_VOICES
 FLITE_SAMPLE_RATE = 16000
 FLITE_NATURAL_RATE = 155.0  # flite's own speed, in eSpeak words per minute
 FLITE_IGNORES_F0 = ("rms",)  # its F0 model does not take int_f0_target_mean
@@ -150,7 +153,7 @@ def plan_speakers(
         stratum, count = f0_strata[i]
         f0_target = low * (high / low) ** ((stratum + rng.uniform()) / count)
         if engine == "flite":
-            voice, _, accent = FLITE_VOICES[i // FLITE_SLOT_EVERY]
+            voice, _, accent = FLITE_VOICES[(i // FLITE_SLOT_EVERY) % len(FLITE_VOICES)]
         else:
             voice, accent = voices[i], voices[i].split("+")[0]
         native = FLITE_SAMPLE_RATE if engine == "flite" else ESPEAK_SAMPLE_RATE
@@ -174,8 +177,8 @@ def plan_speakers(
 
 def _slot(i: int, use_flite: bool) -> tuple[str, str]:
     """(engine, gender) of speaker i."""
-    if use_flite and i % FLITE_SLOT_EVERY == FLITE_SLOT_EVERY - 1 and i // FLITE_SLOT_EVERY < len(FLITE_VOICES):
-        return "flite", FLITE_VOICES[i // FLITE_SLOT_EVERY][1]
+    if use_flite and i % FLITE_SLOT_EVERY == FLITE_SLOT_EVERY - 1:
+        return "flite", FLITE_VOICES[(i // FLITE_SLOT_EVERY) % len(FLITE_VOICES)][1]
     return "espeak", "male" if i % 2 == 0 else "female"
 
 

@@ -94,6 +94,7 @@ class ARResult:
     finished [B]: True where the item wrote EOS, False where it hit its maximum.
     logits [B, S, C + 1] (with `return_logits`): the raw logits each token was chosen from,
         S = max(lengths + finished) steps; 0 after an item's last step.
+    alignment [B, T] (duration-guided models): the text index each frame was written for.
     """
 
     codes: torch.Tensor
@@ -101,6 +102,7 @@ class ARResult:
     logprob: torch.Tensor
     finished: torch.Tensor
     logits: torch.Tensor | None = None
+    alignment: torch.Tensor | None = None
 
     @property
     def mean_logprob(self) -> torch.Tensor:
@@ -203,6 +205,7 @@ def generate_ar(
 
     T_max = int(high.max()) if B else 0
     codes = torch.zeros(B, T_max, dtype=torch.long, device=device)
+    alignment = torch.zeros(B, T_max, dtype=torch.long, device=device) if guided else None
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     logprob = torch.zeros(B, dtype=torch.float, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -225,6 +228,7 @@ def generate_ar(
             tokens = _choose(allowed, codes[active, :t], sampling, generators, active)  # [A]
             logprob[active] += raw.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
             if guided:  # this frame is real; moving past the last token ends the item after it
+                alignment[active, t] = decoder.cache.text_index
                 advance = _draw_advance(decoder.cache.advance_logits, generators, active)  # [A]
                 at_last = decoder.cache.text_index == decoder.cache.text_lengths - 1
                 wrote_eos = advance & at_last & (t + 1 >= low[active])
@@ -245,7 +249,8 @@ def generate_ar(
                 advance = advance[keep] if advance is not None else None
             logits = decoder.next(tokens, advance)
     T = int(lengths.max()) if B else 0
-    return ARResult(codes[:, :T], lengths, logprob, finished, all_logits[:, :steps] if return_logits else None)
+    return ARResult(codes[:, :T], lengths, logprob, finished, all_logits[:, :steps] if return_logits else None,
+                    alignment[:, :T] if guided else None)
 
 
 def _draw_advance(logits: torch.Tensor, generators: torch.Generator | list[torch.Generator] | None,

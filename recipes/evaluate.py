@@ -109,9 +109,11 @@ def write_figures(report, tts: TTS, args: argparse.Namespace, out: Path) -> dict
         item, synthesis = report.attention_example
         weights, tokens, prompt_text_length = ar_attention(tts, synthesis)
         mode = "with" if prompt_text_length else "without"
+        spoken = synthesis.segments[0].chosen.alignment
         figures["attention"].append(plot_attention(
             weights, tokens, plots / "attention.png", tts.frame_rate, prompt_text_length=prompt_text_length,
-            title=f"{item.target.id}, {mode} prompt text: AR last-layer attention onto the text"))
+            spoken=None if spoken is None else spoken.numpy(),
+            title=f"{item.target.id}, {mode} prompt text: AR attention onto the text (most focused layer)"))
     for name, run in (("codec", args.codec_run), ("lm", args.lm_run)):
         if run is None:
             continue

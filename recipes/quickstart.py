@@ -84,6 +84,11 @@ class TokensSettings:
 
 
 @dataclass
+class AlignSettings:
+    overrides: dict[str, Any] = field(default_factory=dict)  # recipes/align.py config keys: {"steps": 600}
+
+
+@dataclass
 class LMSettings:
     preset: str = "cpu"  # recipes/configs/lm/<preset>.yaml
     overrides: dict[str, Any] = field(default_factory=dict)  # for every run below
@@ -109,6 +114,7 @@ class QuickstartConfig:
     corpus: CorpusSettings = field(default_factory=CorpusSettings)
     codec: CodecSettings = field(default_factory=CodecSettings)
     tokens: TokensSettings = field(default_factory=TokensSettings)
+    align: AlignSettings = field(default_factory=AlignSettings)
     lm: LMSettings = field(default_factory=LMSettings)
     samples: SamplesSettings = field(default_factory=SamplesSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
@@ -135,6 +141,10 @@ class Paths:
     @property
     def tokens(self) -> Path:
         return self.root / "tokens"
+
+    @property
+    def aligner(self) -> Path:
+        return self.root / "aligner"
 
     @property
     def lm(self) -> Path:
@@ -239,6 +249,15 @@ def run_tokens(ctx: Context) -> dict[str, Any]:
                           "--manifest", str(p.corpus / "dev.jsonl"), "--out", str(p.tokens),
                           "--grouping", c.grouping, "--batch-seconds", str(c.batch_seconds)])
     return {}
+
+
+def run_align(ctx: Context) -> dict[str, Any]:
+    import align
+
+    p = ctx.paths
+    argv = ["--tokens", str(p.tokens), "--run_dir", str(p.aligner), *recipe_argv(ctx.config.align.overrides)]
+    resume = (p.aligner / "model" / "config.json").is_file()
+    return align.main(argv + (["--resume"] if resume else [])) | {"resumed": resume}
 
 
 def run_lm(ctx: Context) -> dict[str, Any]:
@@ -387,7 +406,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("tokens", "encode and phonemize the train and dev utterances", ("corpus", "codec"), home=lambda p: p.tokens,
           outputs=lambda p: [p.tokens / "header.json"],
           removes=lambda p: [p.tokens], run=run_tokens, settings=lambda c: asdict(c.tokens)),
-    Stage("lm", "train the AR and NAR language models", ("codec", "tokens"), home=lambda p: p.lm / "model",
+    Stage("align", "learn which phoneme each frame speaks (recipes/align.py)", ("tokens",), home=lambda p: p.aligner,
+          outputs=lambda p: [p.aligner / "alignment.json"], removes=lambda p: [p.aligner], run=run_align,
+          settings=lambda c: asdict(c.align)),
+    Stage("lm", "train the AR and NAR language models", ("codec", "tokens", "align"), home=lambda p: p.lm / "model",
           outputs=lambda p: [p.lm / "model" / part for part in ("ar", "nar", "text", "codec")],
           removes=lambda p: [p.lm], run=run_lm, settings=lambda c: asdict(c.lm)),
     Stage("export", "write the final model directory", ("lm",), home=lambda p: p.model,
@@ -513,6 +535,16 @@ def write_report(paths: Paths, state: dict[str, Any]) -> None:
                     name = key.removesuffix("/top1")
                     lines.append(f"| {stage} | {result.get('step', '')} | {name} | {value:.3f} "
                                  f"| {result.get(name + '/top10', float('nan')):.3f} |")
+        reading = {k: v for result in validation.values() for k, v in result.items()
+                   if k == "ar/reading_gap" or k.startswith("ar/attention/")}
+        if reading:
+            lines += ["", "Does the AR read? Top-1 with the real text minus top-1 with each item's text shuffled "
+                      "(`reading_gap`), and its attention onto the text in its most focused layer: "
+                      + ", ".join(f"{k.removeprefix('ar/')} {v:.3f}" for k, v in reading.items()) + "."]
+        align = state["stages"].get("align", {})
+        if "focus_rate" in align:
+            lines += ["", f"The aligner: {align['frames_per_token']:.2f} frames per text token, soft-alignment "
+                      f"focus rate {align['focus_rate']:.3f} (`{(paths.aligner / 'alignment.png').relative_to(paths.root)}`)."]
         lines.append("")
 
     samples = paths.samples / "samples.json"

@@ -111,7 +111,7 @@ def test_a_deleted_lm_output_redoes_the_lm_and_what_follows(tiny_run, evaluate_s
     shutil.rmtree(run_dir / "lm" / "model")
     state = run_quickstart(run_dir, evaluate=evaluate_stub)
     assert state["last_run"]["ran"] == ["lm", "export", "samples", "evaluate", "report"]
-    assert list(state["last_run"]["skipped"]) == ["corpus", "codec", "tokens"]
+    assert list(state["last_run"]["skipped"]) == ["corpus", "codec", "tokens", "align"]
     assert state["stages"]["lm"]["resumed"] == ["ar", "nar"]  # from the final checkpoints: nothing retrained
     assert (run_dir / "model" / "nar" / "model.safetensors").is_file()
 
@@ -151,7 +151,7 @@ def test_without_evaluate_py_the_stage_is_skipped_with_its_reason(tiny_run, tmp_
     missing = tmp_path / "evaluate.py"
     state = run_quickstart(run_dir, "--from-stage", "evaluate", evaluate=missing)
     assert state["last_run"]["skipped"] == {"evaluate": f"{missing} does not exist"} | {
-        name: "finished" for name in quickstart.NAMES[:6]}
+        name: "finished" for name in quickstart.NAMES[:7]}
     assert state["stages"]["evaluate"]["status"] == "skipped"
     assert f"Not run: {missing} does not exist" in (run_dir / "report.md").read_text()
 
