@@ -56,8 +56,8 @@ MIN_PROMPT_SECONDS = 3.0  # preferred prompt length: VALL-E's 3 s; shorter ones 
 N_REFERENCES = 5  # recordings averaged into a speaker's voice embedding
 ALL = "all"
 UNKNOWN_FAMILY = "unknown"
-TARGET_WER_RATIO = 1.5  # issue 6: WER <= 1.5 x the ground truth's
-TARGET_SIMILARITY = 0.75  # issue 6: similarity to the prompt's voice >= 0.75, clearly above other voices'
+TARGET_WER_RATIO = 1.5  # the quality target: WER <= 1.5 x the ground truth's
+TARGET_SIMILARITY = 0.75  # and similarity to the prompt's voice >= 0.75, clearly above other voices'
 SYSTEM_LABELS = {
     GROUND_TRUTH: "ground truth",
     CODEC: "codec resynthesis",
@@ -302,7 +302,7 @@ class TTSReport:
         return "flite" if "flite" in self.summary else ALL
 
     def targets(self) -> dict[str, dict[str, Any]]:
-        """The quality targets of issue 6 per synthesis mode: WER ratio to the ground truth, similarities."""
+        """The quality targets per synthesis mode: WER ratio to the ground truth, similarities."""
         result = {}
         judged = self.summary.get(self.judge_family, {})
         everything = self.summary.get(ALL, {})
@@ -378,7 +378,7 @@ class TTSReport:
         targets = self.targets()
         if targets:
             judged = "all voices" if self.judge_family == ALL else f"the {self.judge_family} voices"
-            lines += ["", f"Targets (issue 6; WER judged on {judged}, similarity on all voices):", ""]
+            lines += ["", f"Targets (WER judged on {judged}, similarity on all voices):", ""]
             for system, t in targets.items():
                 lines.append(
                     f"- {SYSTEM_LABELS[system]}: WER ÷ GT {_number(t['wer_ratio'])} (≤ {TARGET_WER_RATIO}: "

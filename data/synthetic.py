@@ -52,7 +52,7 @@ from data.manifest import Utterance
 from data.sentences import generate_sentences
 
 SYNTHETIC_SAMPLE_RATE = 24000
-SYNTHETIC_QUICKSTART_HOURS = 1.0  # 72 speakers x 50 s, about 1330 utterances: builds in about 25 s on 2 cores
+SYNTHETIC_QUICKSTART_HOURS = 4.0  # 72 speakers x 200 s, about 5250 utterances: builds in about 80 s on 2 cores
 DEFAULT_NUM_SPEAKERS = 72  # the quickstart holds 12 of them out for zero-shot evaluation
 LANGUAGE = "en-us"
 

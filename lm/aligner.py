@@ -45,7 +45,7 @@ class AlignerConfig(LMConfig):
     LMConfig; `align_dim` is the space in which frames and tokens are compared."""
 
     model_type: ClassVar[str] = "echo_aligner"
-    d_model: int = 256
+    d_model: int = 128
     n_layers: int = 3
     n_heads: int = 1
     ffn_dim: int = 256

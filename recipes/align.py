@@ -100,7 +100,9 @@ def train(cfg: AlignConfig, corpus: TokenCorpus, run_dir: Path) -> Aligner:
 
 
 def write_all_durations(aligner: Aligner, corpus: TokenCorpus, max_frames: int) -> dict[str, float]:
-    """Durations for every shard still missing them; returns summary statistics of the alignment."""
+    """Durations for every shard still missing them; returns summary statistics of the alignment
+    (frames per token, share of one-frame tokens and, for the shards aligned now, the mean
+    largest soft-alignment weight per frame)."""
     by_shard: dict[str, list[int]] = {}
     for i, record in enumerate(corpus.records):
         by_shard.setdefault(record.shard, []).append(i)
@@ -139,9 +141,11 @@ def write_all_durations(aligner: Aligner, corpus: TokenCorpus, max_frames: int) 
                     n_tokens += N
             chunk = [i] if i is not None else []
         write_durations(corpus.directory, shard, flat)
-    frames = max(frames_per_token, 1.0)
-    return {"frames_per_token": frames_per_token / max(n_tokens, 1), "one_frame_tokens": single / max(n_tokens, 1),
-            "focus_rate": focus / frames}
+    if n_tokens == 0:  # every shard was aligned before: describe the durations on disk
+        durations = torch.cat([corpus[i].durations for i in range(len(corpus))])
+        return {"frames_per_token": float(durations.float().mean()), "one_frame_tokens": float((durations == 1).float().mean())}
+    return {"frames_per_token": frames_per_token / n_tokens, "one_frame_tokens": single / n_tokens,
+            "focus_rate": focus / max(frames_per_token, 1.0)}
 
 
 def _even(N: int, T: int) -> torch.Tensor:
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         aligner.save_pretrained(model_dir)
         for shard in {r.shard for r in corpus.records}:  # durations of an earlier aligner are stale now
             durations_path(corpus.directory, shard).unlink(missing_ok=True)
-    stats = write_all_durations(aligner, corpus, cfg.max_frames)
+    stats = write_all_durations(aligner, TokenCorpus.open(cfg.tokens), cfg.max_frames)
     plot_alignment(aligner, corpus, run_dir / "alignment.png")
     (run_dir / "alignment.json").write_text(json.dumps(stats, indent=2) + "\n")
     print("alignment: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))

@@ -106,7 +106,10 @@ class SamplesSettings:
 
 @dataclass
 class EvaluateSettings:
-    max_items: int = 24
+    max_items: int = 36
+    # Voices judged (recipes/evaluate.py --families): pocketsphinx reads flite's voices, not eSpeak's.
+    # Without flite installed there are none, and every held-out voice is evaluated.
+    families: list[str] = field(default_factory=lambda: ["flite"])
 
 
 @dataclass
@@ -377,10 +380,13 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    p = ctx.paths
-    result = module.main(["--model", str(p.model), "--manifest", str(p.corpus / "test.jsonl"),
-                          "--max-items", str(ctx.config.evaluate.max_items), "--out", str(p.evaluation),
-                          "--codec-run", str(p.codec), "--lm-run", str(p.lm)])
+    p, c = ctx.paths, ctx.config.evaluate
+    argv = ["--model", str(p.model), "--manifest", str(p.corpus / "test.jsonl"), "--max-items", str(c.max_items),
+            "--out", str(p.evaluation), "--codec-run", str(p.codec), "--lm-run", str(p.lm)]
+    held_out = {json.loads(line)["speaker"] for line in (p.corpus / "test.jsonl").read_text().splitlines() if line}
+    engines = {s["id"]: s.get("engine") for s in json.loads((p.corpus / "speakers.json").read_text())["speakers"]}
+    families = [f for f in c.families if any(engines.get(s) == f for s in held_out)]
+    result = module.main(argv + (["--families", *families] if families else []))
     if isinstance(result, dict):  # keep its headline numbers, if it returns them
         return {"metrics": {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}}
     return {}
@@ -564,7 +570,14 @@ def write_report(paths: Paths, state: dict[str, Any]) -> None:
     evaluation = state["stages"].get("evaluate", {})
     if evaluation.get("status") == "completed":
         lines += [f"- {key}: {value}" for key, value in evaluation.get("metrics", {}).items()]
-        files = sorted(f.relative_to(paths.root).as_posix() for f in paths.evaluation.rglob("*") if f.is_file())
+        report = paths.evaluation / "report.md"
+        if report.is_file():  # its tables, here; its figures stay behind the links below
+            text = report.read_text()
+            body = text.split("\n## Figures")[0].split("\n", 1)[-1]
+            lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in body.splitlines()]
+            lines.append("")
+        files = sorted(f.relative_to(paths.root).as_posix() for f in paths.evaluation.rglob("*")
+                       if f.is_file() and f.suffix in (".png", ".md", ".json"))
         lines += [f"- [{name}]({name})" for name in files] or ["(it wrote no files)"]
     else:
         why = evaluation.get("reason") or evaluation.get("error") or evaluation.get("status", "not reached")
