@@ -42,7 +42,8 @@ from app.meters import ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_s
 from app.scoring import unit
 from app.prompt import MAX_SECONDS as MAX_PROMPT_SECONDS
 from app.prompt import PromptError
-from app.tts import TTS, Synthesis
+from app.tts import DEFAULT_SAMPLING, TTS, Synthesis
+from lm.sampling import SamplingConfig
 from codec.evaluation import CodecReport, evaluate_codec, finite_or_none, reconstruction_label
 from data.audio import AudioError, load_audio, resample, write_audio
 from data.manifest import Utterance
@@ -439,6 +440,7 @@ def evaluate_tts(
     wav_dir: str | Path | None = None,
     keep_examples: int = 3,
     meter_notes: Mapping[str, str] | None = None,
+    sampling: SamplingConfig = DEFAULT_SAMPLING,
 ) -> TTSReport:
     """Synthesize every item in each prompt mode and measure it with its ground truth and codec resynthesis.
 
@@ -482,7 +484,7 @@ def evaluate_tts(
             try:
                 synthesis = tts.generate(item.target.text, (prompt[0], prompt_sr),
                                          item.prompt.text if mode == "with" else None,
-                                         seed=item.seed, language=item.target.language)
+                                         seed=item.seed, language=item.target.language, sampling=sampling)
             except (PromptError, ValueError) as error:
                 result.errors[system] = str(error)
                 continue

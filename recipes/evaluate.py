@@ -27,6 +27,7 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ import torch
 from app.evaluation import PROMPT_MODES, choose_items, evaluate_tts, read_voice_families
 from app.figures import ar_attention, plot_attention, plot_training_curves, read_scalars
 from app.meters import MeterUnavailable, load_asr, load_speaker
-from app.tts import TTS
+from app.tts import DEFAULT_SAMPLING, TTS
 from codec.evaluation import write_examples
 from data.manifest import read_manifest
 from data.plots import plot_spectrograms
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--references", type=int, default=5,
                         help="recordings averaged into each speaker's voice embedding (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the prompts and seeds the syntheses")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_SAMPLING.temperature, help="AR sampling")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_SAMPLING.top_k, help="AR sampling (0: all)")
+    parser.add_argument("--top-p", type=float, default=DEFAULT_SAMPLING.top_p, help="AR sampling (1: all)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     if args.max_items is not None and args.max_items < 1:
@@ -148,12 +152,13 @@ def main(argv: list[str] | None = None) -> Path:
     tts = TTS.from_pretrained(args.model, device)
     asr, speaker, notes = load_meters(args, items[0].target.language, device)
     modes = PROMPT_MODES if args.prompt_text == "both" else (args.prompt_text,)
+    sampling = replace(DEFAULT_SAMPLING, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     print(f"evaluating {len(items)} sentences by {len({i.target.speaker for i in items})} held-out speakers, "
           f"prompt text: {args.prompt_text}; ASR: {asr.name if asr else 'none'}, "
           f"speaker encoder: {speaker.name if speaker else 'none'}", flush=True)
     report = evaluate_tts(tts, items, utterances, asr=asr, speaker=speaker, prompt_modes=modes,
                           n_references=args.references, wav_dir=out / "wavs", keep_examples=args.examples,
-                          meter_notes=notes)
+                          meter_notes=notes, sampling=sampling)
 
     figures = write_figures(report, tts, args, out)
     if report.codec is not None:
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> Path:
     command = "python recipes/evaluate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     data = {"model": str(args.model), "manifest": str(args.manifest), "command": command, **report.to_dict(),
             "figures": figures, "seconds": round(time.perf_counter() - start, 1)}
-    data["settings"].update(seed=args.seed, max_items=args.max_items, device=device)
+    data["settings"].update(seed=args.seed, max_items=args.max_items, device=device, sampling=vars(sampling))
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     tts_table = report.to_markdown()
