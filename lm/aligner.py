@@ -120,7 +120,7 @@ class Aligner(PretrainedLM):
                     text=text, text_lengths=text_lengths, prompt=codes[:, :, :0],
                     prompt_lengths=torch.zeros_like(code_lengths), prompt_codebooks=0,
                     codes=codes, code_lengths=code_lengths, code_codebooks=self.config.n_q)
-        (B, N), T = text.shape, codes.shape[2]
+        N, T = text.shape[1], codes.shape[2]
         text_real, frame_real = frame_mask(text_lengths, N), frame_mask(code_lengths, T)
         text = text.long().masked_fill(~text_real, self.config.text_pad_id)
         codes = codes[:, : self.config.n_q].long().masked_fill(~frame_real[:, None], 0)  # [B, K, T]

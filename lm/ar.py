@@ -137,7 +137,7 @@ class ARModel(PretrainedLM):
         """text [B, N], prompt [B, P] (codebook 1), target [B, T'] (BOS + codes) -> embeddings [B, N + P + T', D].
 
         text_index [B, T'] (duration-guided): the text token each target position speaks."""
-        (B, N), P, T = text.shape, prompt.shape[1], target.shape[1]
+        N, P, T = text.shape[1], prompt.shape[1], target.shape[1]
         layout = Layout.build(text_lengths, N, [(prompt_lengths, P), (target_lengths, T)])
         text = text.masked_fill(~layout.valid[:, :N], self.config.text_pad_id)
         audio = torch.cat([prompt, target], 1).masked_fill(~layout.valid[:, N:], self.config.pad_id)  # [B, P + T']
