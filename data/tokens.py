@@ -131,9 +131,10 @@ def durations_path(directory: Path, shard: str) -> Path:
 
 
 def write_durations(directory: Path, shard: str, durations: torch.Tensor) -> None:
-    """Write a shard's durations int16 [ΣN] (laid out like its `text`) atomically."""
-    if durations.numel() and (durations.min() < 1 or durations.max() > INT16_MAX):
-        raise ValueError(f"durations must lie in [1, {INT16_MAX}] frames, got [{int(durations.min())}, {int(durations.max())}]")
+    """Write a shard's durations int16 [ΣN] (laid out like its `text`) atomically. A token may have
+    0 frames only in an utterance with fewer frames than tokens (recipes/align.py spreads those evenly)."""
+    if durations.numel() and (durations.min() < 0 or durations.max() > INT16_MAX):
+        raise ValueError(f"durations must lie in [0, {INT16_MAX}] frames, got [{int(durations.min())}, {int(durations.max())}]")
     path = durations_path(directory, shard)
     tmp = path.with_name(path.name + ".tmp")
     save_file({"durations": durations.to(torch.int16).contiguous()}, str(tmp))

@@ -108,7 +108,7 @@ def test_durations_travel_from_shards_to_batches(tmp_path):
     lengths = [r.n_text_tokens for r in corpus.records]
     write_durations(tmp_path, shard, torch.full((sum(lengths),), 3))
     with pytest.raises(ValueError, match="durations must lie"):
-        write_durations(tmp_path, shard, torch.zeros(sum(lengths)))
+        write_durations(tmp_path, shard, torch.full((sum(lengths),), -1))
     corpus = TokenCorpus.open(tmp_path)
     assert corpus.has_durations and corpus[1].durations.tolist() == [3] * lengths[1]
     for mode in ("prefix", "speaker"):
@@ -183,3 +183,33 @@ def test_attention_stats_tell_a_diagonal_from_a_blur():
     assert stats == {"focus_rate": 1.0, "monotonicity": 1.0, "alignment_error": 0.0}
     blur = attention_stats(torch.full((1, 10, 5), 0.2), torch.tensor([10]), alignment)
     assert blur["focus_rate"] == pytest.approx(0.2) and blur["alignment_error"] > 1
+
+
+def test_align_recipe_writes_every_shard_even_for_too_short_utterances(tmp_path, one_thread):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import align
+
+    frontend = TextFrontend.build(["one two three", "four five"])
+    identity = CodecIdentity(name="echo", config_hash="0" * 16, sample_rate=16000, frame_rate=50.0, n_q=K,
+                             codebook_size=C)
+    frames = {"long": 30, "short": 3}  # "short" has fewer frames than text tokens
+    with TokenShardWriter(tmp_path, identity, frontend, shard_size=1) as writer:
+        for name, T in frames.items():
+            ids = frontend.encode("one two three", "en-us")
+            writer.add(name, torch.randint(0, C, (K, T)), torch.tensor(ids), speaker="s", duration=T / 50, text="x")
+    corpus = TokenCorpus.open(tmp_path)
+    torch.manual_seed(0)
+    aligner = Aligner(AlignerConfig(text_vocab_size=len(frontend.vocab), codebook_size=C, n_q=K, d_model=16,
+                                    n_layers=1, align_dim=8)).eval()
+    stats = align.write_all_durations(aligner, corpus, max_frames=1000)
+    assert stats["frames_per_token"] > 0
+    corpus = TokenCorpus.open(tmp_path)
+    assert corpus.has_durations
+    for i in range(len(corpus)):
+        item = corpus[i]
+        assert int(item.durations.sum()) == item.codes.shape[1]
+    again = align.write_all_durations(aligner, corpus, max_frames=1000)  # nothing left to write: read back
+    assert again["frames_per_token"] == pytest.approx(stats["frames_per_token"])
