@@ -4,6 +4,7 @@
     plot_training_curves(curves, "eval/plots/curves", "lm")   # one figure per kind of curve
     weights, tokens, n_prompt = ar_attention(tts, synthesis)    # [T, N]: written frames onto text tokens
     plot_attention(weights, tokens, "eval/plots/attention.png", tts.frame_rate)
+    fig = attention_figure(weights, tokens, frame_rate)          # the same, as a figure (TensorBoard)
 
 The attention map comes from one teacher-forced pass over the synthesized codebook 1
 (`ARModel.text_attention`, which forms the weights the fused attention kernel never shows), in
@@ -16,12 +17,16 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from app.tts import TTS, Synthesis
 from data.plots import plot_curves
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Curves = dict[str, list[tuple[float, float]]]
 
@@ -107,6 +112,14 @@ def ar_attention(tts: TTS, synthesis: Synthesis, chunk: int = 0) -> tuple[np.nda
 
 def plot_attention(weights: np.ndarray, tokens: Sequence[str], path: str | Path, frame_rate: float,
                    title: str = "", prompt_text_length: int = 0, spoken: np.ndarray | None = None) -> Path:
+    """`attention_figure`, written to `path`."""
+    from data.plots import _save
+
+    return _save(attention_figure(weights, tokens, frame_rate, title, prompt_text_length, spoken), path)
+
+
+def attention_figure(weights: np.ndarray, tokens: Sequence[str], frame_rate: float, title: str = "",
+                     prompt_text_length: int = 0, spoken: np.ndarray | None = None) -> "Figure":
     """Text tokens (rows) against target frames in seconds (columns), each frame's text attention
     scaled to sum to 1, so that an alignment reads as a diagonal whatever the share left to the audio.
 
@@ -114,8 +127,6 @@ def plot_attention(weights: np.ndarray, tokens: Sequence[str], path: str | Path,
     spoken [T]: the token each frame was written for (a duration-guided AR's pointer), drawn as a red line.
     """
     from matplotlib.figure import Figure
-
-    from data.plots import _save
 
     weights = np.asarray(weights, dtype=np.float64)  # [T, N]
     share = weights.sum(axis=1, keepdims=True)
@@ -136,4 +147,4 @@ def plot_attention(weights: np.ndarray, tokens: Sequence[str], path: str | Path,
     ax.set_ylabel("text token")
     ax.set_title(title or "AR attention onto the text")
     fig.colorbar(image, ax=ax, label="share of the frame's text attention")
-    return _save(fig, path)
+    return fig

@@ -366,16 +366,13 @@ class TokenCorpus:
 
     def __getitem__(self, index: int) -> TokenItem:
         record = self.records[index]
-        handle = self._handles.get(record.shard)
-        if handle is None:
-            handle = safe_open(str(self.directory / f"{record.shard}.safetensors"), framework="pt")
-            self._handles[record.shard] = handle
+        handle = self._open(self.directory / f"{record.shard}.safetensors")
         frames = handle.get_slice("codes")[record.code_offset : record.code_offset + record.n_frames]  # [T, K]
         text_slice = slice(record.text_offset, record.text_offset + record.n_text_tokens)
         ids = handle.get_slice("text")[text_slice]  # [N]
         durations = None
         if self.has_durations:
-            durations = self._durations_handle(record.shard).get_slice("durations")[text_slice].long()  # [N]
+            durations = self._open(durations_path(self.directory, record.shard)).get_slice("durations")[text_slice].long()
         return TokenItem(record=record, codes=frames.t().long().contiguous(), text=ids.long(), durations=durations)
 
     @property
@@ -386,11 +383,12 @@ class TokenCorpus:
             self._has_durations = all(durations_path(self.directory, s).is_file() for s in shards)
         return self._has_durations
 
-    def _durations_handle(self, shard: str):
-        key = shard + ".durations"
-        if key not in self._handles:
-            self._handles[key] = safe_open(str(durations_path(self.directory, shard)), framework="pt")
-        return self._handles[key]
+    def _open(self, path: Path):
+        """A safetensors file of this directory, opened once per process (memory-mapped)."""
+        handle = self._handles.get(path.name)
+        if handle is None:
+            handle = self._handles[path.name] = safe_open(str(path), framework="pt")
+        return handle
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -17,6 +17,7 @@ Rule Them All", Badlani et al. 2022):
     aligner = Aligner(AlignerConfig(text_vocab_size=V, codebook_size=C, n_q=K))
     out = aligner(text, text_lengths, codes, code_lengths)   # out.loss to train, out.log_probs [B, T, N]
     durations = aligner.durations(text, text_lengths, codes, code_lengths)   # [B, N], 0 on pads
+    durations = hard_durations(out.log_probs, text_lengths, code_lengths)    # the same, from out
 
 Letters: B batch, N text tokens, K codebooks, T frames, D width, A the alignment space.
 """
@@ -137,19 +138,25 @@ class Aligner(PretrainedLM):
     @torch.no_grad()
     def durations(self, text: torch.Tensor, text_lengths: torch.Tensor, codes: torch.Tensor,
                   code_lengths: torch.Tensor) -> torch.Tensor:
-        """Frames per text token [B, N] (0 on pads) from monotonic alignment search; each real token
-        gets >= 1 frame and each item's durations sum to its code_lengths. Needs T_b >= N_b."""
-        short = (code_lengths < text_lengths).nonzero()[:, 0]
-        if short.numel():
-            b = int(short[0])
-            raise ValueError(f"item {b} has {int(code_lengths[b])} frames for {int(text_lengths[b])} text tokens; "
-                             "every token needs at least one frame")
-        log_probs = self(text, text_lengths, codes, code_lengths).log_probs.float().cpu().numpy()
-        out = torch.zeros(text.shape, dtype=torch.long)
-        for b in range(text.shape[0]):
-            N_b, T_b = int(text_lengths[b]), int(code_lengths[b])
-            out[b, :N_b] = torch.from_numpy(monotonic_alignment_search(log_probs[b, :T_b, :N_b]))
-        return out.to(text.device)
+        """Frames per text token [B, N] (0 on pads): `hard_durations` of this model's soft alignment."""
+        return hard_durations(self(text, text_lengths, codes, code_lengths).log_probs, text_lengths, code_lengths)
+
+
+def hard_durations(log_probs: torch.Tensor, text_lengths: torch.Tensor, code_lengths: torch.Tensor) -> torch.Tensor:
+    """log_probs [B, T, N] (an `AlignerOutput`'s) -> frames per text token [B, N] (0 on pads), by
+    monotonic alignment search: each real token gets >= 1 frame and each item's durations sum to
+    its code_lengths. Needs T_b >= N_b."""
+    short = (code_lengths < text_lengths).nonzero()[:, 0]
+    if short.numel():
+        b = int(short[0])
+        raise ValueError(f"item {b} has {int(code_lengths[b])} frames for {int(text_lengths[b])} text tokens; "
+                         "every token needs at least one frame")
+    scores = log_probs.detach().float().cpu().numpy()
+    out = torch.zeros(log_probs.shape[0], log_probs.shape[2], dtype=torch.long)
+    for b in range(log_probs.shape[0]):
+        N_b, T_b = int(text_lengths[b]), int(code_lengths[b])
+        out[b, :N_b] = torch.from_numpy(monotonic_alignment_search(scores[b, :T_b, :N_b]))
+    return out.to(log_probs.device)
 
 
 def forward_sum_loss(log_probs: torch.Tensor, text_lengths: torch.Tensor, code_lengths: torch.Tensor) -> torch.Tensor:

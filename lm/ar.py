@@ -90,7 +90,7 @@ class ARCache(KVCache):
     next_position: torch.Tensor  # [B] long
     text_index: torch.Tensor | None = None  # [B] long, duration-guided: the text token the next frame speaks
     advance_logits: torch.Tensor | None = None  # [B], duration-guided: the last position's "move on" logit
-    text: torch.Tensor | None = None  # [B, N], duration-guided: the text the frames read from
+    text: torch.Tensor | None = None  # [B, N], duration-guided: the text the frames read from (pads valid ids)
     text_lengths: torch.Tensor | None = None  # [B]
 
     def select(self, index: torch.Tensor) -> None:
@@ -250,21 +250,18 @@ class ARModel(PretrainedLM):
             start = torch.zeros(B, dtype=torch.long, device=text.device) if start_index is None else start_index.long()
             if B and ((start < 0) | (start >= text_lengths)).any():
                 raise ValueError(f"start_index must lie in [0, text_lengths), got {start.tolist()}")
-            cache.text_index = start
+            cache.text_index, cache.text_lengths = start, text_lengths
+            cache.text = text.long().masked_fill(~frame_mask(text_lengths, text.shape[1]), self.config.text_pad_id)
         h = self._encode(text.long(), text_lengths, _codebook1(prompt), prompt_lengths, self._bos(B, text.device),
                          torch.ones_like(prompt_lengths), cache,
                          text_index=cache.text_index[:, None] if self.config.duration_guided else None)
-        self._keep_text(cache, text.long(), text_lengths, h[:, -1])
+        self._note_advance(cache, h[:, -1])
         return self.head(h[:, -1]), cache  # [B, C + 1]
 
-    def _keep_text(self, cache: ARCache, text: torch.Tensor | None, text_lengths: torch.Tensor | None,
-                   h: torch.Tensor) -> None:
-        """Duration-guided: remember the text (for the frames' inputs) and the advance logit of h [B, D]."""
-        if not self.config.duration_guided:
-            return
-        if text is not None:
-            cache.text, cache.text_lengths = text, text_lengths
-        cache.advance_logits = self.advance_head(h)[:, 0].float()
+    def _note_advance(self, cache: ARCache, h: torch.Tensor) -> None:
+        """Duration-guided: keep the "move on" logit of the last position, h [B, D], for the caller."""
+        if self.config.duration_guided:
+            cache.advance_logits = self.advance_head(h)[:, 0].float()
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, cache: ARCache, advance: torch.Tensor | None = None
@@ -284,12 +281,11 @@ class ARModel(PretrainedLM):
         if self.config.duration_guided:
             if advance is not None:
                 cache.text_index = torch.minimum(cache.text_index + advance.long(), cache.text_lengths - 1)
-            text = cache.text.masked_fill(~frame_mask(cache.text_lengths, cache.text.shape[1]), self.config.text_pad_id)
-            x = x + self._frame_text(text, cache.text_index[:, None])
+            x = x + self._frame_text(cache.text, cache.text_index[:, None])
         cache.valid = torch.cat([cache.valid, cache.valid.new_ones(cache.batch_size, 1)], 1)  # [B, S]
         h = self.transformer(x, cache.valid[:, None, None, :], cache=cache)  # [B, 1, D]
         cache.next_position = cache.next_position + 1
-        self._keep_text(cache, None, None, h[:, 0])
+        self._note_advance(cache, h[:, 0])
         return self.head(h[:, 0]), cache
 
 

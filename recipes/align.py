@@ -5,8 +5,8 @@
 
 The aligner (lm/aligner.py) learns from the tokens themselves, with no external tool, which
 text token each codec frame speaks; the duration-guided AR trains on the result. The run
-directory receives the TensorBoard logs, the aligner in `model/` and `alignment.png` (one dev
-utterance's soft and hard alignment); the token directory receives one
+directory receives config.yaml, the TensorBoard logs, the aligner in `model/` and `alignment.png`
+(one utterance's soft and hard alignment); the token directory receives one
 `shard-*.durations.safetensors` beside each shard. A rerun with `--resume` keeps a trained
 aligner and writes only the shards still missing their durations.
 """
@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -26,9 +27,10 @@ from tqdm.auto import tqdm
 
 from data.lm_data import FrameBudgetBatchSampler
 from data.tokens import TokenCorpus, durations_path, write_durations
-from lm.aligner import Aligner, AlignerConfig
+from lm.aligner import Aligner, AlignerConfig, hard_durations
+from lm.layout import frame_mask
 from lm.pretrained import text_vocab_identity
-from training import config_to_dict, load_config, lr_at
+from training import load_config, lr_at, save_config
 
 
 @dataclass
@@ -106,46 +108,50 @@ def write_all_durations(aligner: Aligner, corpus: TokenCorpus, max_frames: int) 
     by_shard: dict[str, list[int]] = {}
     for i, record in enumerate(corpus.records):
         by_shard.setdefault(record.shard, []).append(i)
-    frames_per_token, single, focus, n_tokens = 0.0, 0, 0.0, 0
+    frames, single, focus, n_tokens = 0, 0, 0.0, 0
     for shard, indices in tqdm(sorted(by_shard.items()), desc="durations"):
         if durations_path(corpus.directory, shard).is_file():
             continue
-        indices.sort(key=lambda i: corpus.records[i].text_offset)
-        total = sum(corpus.records[i].n_text_tokens for i in indices)
-        flat = torch.ones(total, dtype=torch.long)
-        start = corpus.records[indices[0]].text_offset
-        chunk: list[int] = []
-        for i in indices + [None]:
-            if i is not None and (len(chunk) + 1) * max(corpus.records[j].n_frames for j in chunk + [i]) <= max_frames:
-                chunk.append(i)
-                continue
-            if chunk:
-                items = [corpus[j] for j in chunk]
-                text, text_lengths, codes, code_lengths = pad_batch(items)
-                lengths_ok = code_lengths >= text_lengths
-                durations = torch.ones_like(text)
-                if lengths_ok.any():
-                    keep = lengths_ok.nonzero()[:, 0]
-                    durations[keep] = aligner.durations(text[keep], text_lengths[keep], codes[keep], code_lengths[keep])
-                    with torch.no_grad():
-                        log_probs = aligner(text[keep], text_lengths[keep], codes[keep], code_lengths[keep]).log_probs
-                    real = torch.arange(codes.shape[2])[None] < code_lengths[keep][:, None]
-                    focus += float(log_probs.exp().amax(-1)[real].sum())
-                for b, j in enumerate(chunk):
-                    record = corpus.records[j]
-                    N = record.n_text_tokens
-                    d = durations[b, :N] if lengths_ok[b] else _even(N, record.n_frames)
-                    flat[record.text_offset - start : record.text_offset - start + N] = d
-                    frames_per_token += float(d.sum())
-                    single += int((d == 1).sum())
-                    n_tokens += N
-            chunk = [i] if i is not None else []
+        records = sorted((corpus.records[i] for i in indices), key=lambda r: r.text_offset)
+        start = records[0].text_offset
+        flat = torch.zeros(sum(r.n_text_tokens for r in records), dtype=torch.long)  # laid out like the shard's text
+        for chunk in _chunks(indices, corpus, max_frames):
+            text, text_lengths, codes, code_lengths = pad_batch([corpus[i] for i in chunk])
+            fits = code_lengths >= text_lengths  # MAS needs a frame per token; the others are spread evenly
+            durations = torch.zeros_like(text)
+            if fits.any():
+                keep = fits.nonzero()[:, 0]
+                with torch.no_grad():
+                    log_probs = aligner(text[keep], text_lengths[keep], codes[keep], code_lengths[keep]).log_probs
+                durations[keep] = hard_durations(log_probs, text_lengths[keep], code_lengths[keep])
+                real = frame_mask(code_lengths[keep], codes.shape[2])
+                focus += float(log_probs.exp().amax(-1)[real].sum())
+            for b, i in enumerate(chunk):
+                record = corpus.records[i]
+                N = record.n_text_tokens
+                d = durations[b, :N] if fits[b] else _even(N, record.n_frames)
+                flat[record.text_offset - start : record.text_offset - start + N] = d
+                frames, single, n_tokens = frames + int(d.sum()), single + int((d == 1).sum()), n_tokens + N
         write_durations(corpus.directory, shard, flat)
     if n_tokens == 0:  # every shard was aligned before: describe the durations on disk
         durations = torch.cat([corpus[i].durations for i in range(len(corpus))])
         return {"frames_per_token": float(durations.float().mean()), "one_frame_tokens": float((durations == 1).float().mean())}
-    return {"frames_per_token": frames_per_token / n_tokens, "one_frame_tokens": single / n_tokens,
-            "focus_rate": focus / max(frames_per_token, 1.0)}
+    return {"frames_per_token": frames / n_tokens, "one_frame_tokens": single / n_tokens,
+            "focus_rate": focus / max(frames, 1)}
+
+
+def _chunks(indices: list[int], corpus: TokenCorpus, max_frames: int) -> Iterator[list[int]]:
+    """`indices` in order, cut into runs whose padded size (items x longest) stays within max_frames."""
+    chunk, longest = [], 0
+    for i in indices:
+        n = corpus.records[i].n_frames
+        if chunk and (len(chunk) + 1) * max(longest, n) > max_frames:
+            yield chunk
+            chunk, longest = [], 0
+        chunk.append(i)
+        longest = max(longest, n)
+    if chunk:
+        yield chunk
 
 
 def _even(N: int, T: int) -> torch.Tensor:
@@ -160,11 +166,12 @@ def plot_alignment(aligner: Aligner, corpus: TokenCorpus, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    item = corpus[0]
+    item = corpus[next(i for i, r in enumerate(corpus.records) if r.n_frames >= r.n_text_tokens)]
     text, text_lengths, codes, code_lengths = pad_batch([item])
     with torch.no_grad():
-        soft = aligner(text, text_lengths, codes, code_lengths).log_probs[0].exp()  # [T, N]
-    durations = aligner.durations(text, text_lengths, codes, code_lengths)[0]
+        log_probs = aligner(text, text_lengths, codes, code_lengths).log_probs
+    soft = log_probs[0].exp()  # [T, N]
+    durations = hard_durations(log_probs, text_lengths, code_lengths)[0]
     hard = torch.zeros_like(soft)
     hard[torch.arange(soft.shape[0]), torch.repeat_interleave(torch.arange(len(durations)), durations)] = 1
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.resume and (model_dir / "config.json").is_file():
         aligner = Aligner.from_pretrained(model_dir, expect_codec=corpus.codec_identity)
     else:
-        (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        save_config(cfg, run_dir / "config.yaml")
         aligner = train(cfg, corpus, run_dir)
         aligner.save_pretrained(model_dir)
         for shard in {r.shard for r in corpus.records}:  # durations of an earlier aligner are stale now

@@ -13,7 +13,8 @@ to the speaker's own voice, to the prompt and to the other held-out voices. The 
 is scored too (PESQ, STOI, SI-SDR, mel distance). The meters pocketsphinx and resemblyzer
 come with `pip install 'echo-tts[eval]'`; a missing one is reported, not fatal.
 
---out (default: <model>/eval) receives report.json, report.md, the syntheses in wavs/, and
+--out (default: <model>/eval) receives report.json, report.md (and its tables alone in
+tables.md), the syntheses in wavs/, and
 plots/: spectrograms of prompt, syntheses and ground truth for the first items, the AR
 model's attention onto the text for one synthesis, and the training curves of --codec-run
 and --lm-run (read from their TensorBoard logs).
@@ -170,10 +171,11 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     tts_table = report.to_markdown()
-    sections = [f"# Evaluation of {args.model}", "", f"`{command}`", "", "## Zero-shot synthesis on held-out voices",
-                "", tts_table]
+    tables = [f"`{command}`", "", "## Zero-shot synthesis on held-out voices", "", tts_table]
     if report.codec is not None:
-        sections += ["## The model's codec on the same recordings", "", report.codec.to_markdown()]
+        tables += ["## The model's codec on the same recordings", "", report.codec.to_markdown()]
+    (out / "tables.md").write_text("\n".join(tables) + "\n")  # the figures in words, for other reports to embed
+    sections = [f"# Evaluation of {args.model}", "", *tables]
     if any(figures.values()):
         sections += ["## Figures", ""]
         sections += [f"![{Path(p).stem}]({p})" for paths in figures.values() for p in paths]

@@ -375,6 +375,9 @@ def evaluate_unavailable() -> str | None:
 
 
 def run_evaluate(ctx: Context) -> dict[str, Any]:
+    from app.evaluation import read_voice_families
+    from data.manifest import read_manifest
+
     # Loaded from its file: a top-level `evaluate` could be Hugging Face's package of that name.
     spec = importlib.util.spec_from_file_location("echo_recipes_evaluate", EVALUATE_SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -383,8 +386,8 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
     p, c = ctx.paths, ctx.config.evaluate
     argv = ["--model", str(p.model), "--manifest", str(p.corpus / "test.jsonl"), "--max-items", str(c.max_items),
             "--out", str(p.evaluation), "--codec-run", str(p.codec), "--lm-run", str(p.lm)]
-    held_out = {json.loads(line)["speaker"] for line in (p.corpus / "test.jsonl").read_text().splitlines() if line}
-    engines = {s["id"]: s.get("engine") for s in json.loads((p.corpus / "speakers.json").read_text())["speakers"]}
+    held_out = {u.speaker for u in read_manifest(p.corpus / "test.jsonl")}
+    engines = read_voice_families(p.corpus / "speakers.json")
     families = [f for f in c.families if any(engines.get(s) == f for s in held_out)]
     result = module.main(argv + (["--families", *families] if families else []))
     if isinstance(result, dict):  # keep its headline numbers, if it returns them
@@ -570,11 +573,9 @@ def write_report(paths: Paths, state: dict[str, Any]) -> None:
     evaluation = state["stages"].get("evaluate", {})
     if evaluation.get("status") == "completed":
         lines += [f"- {key}: {value}" for key, value in evaluation.get("metrics", {}).items()]
-        report = paths.evaluation / "report.md"
-        if report.is_file():  # its tables, here; its figures stay behind the links below
-            text = report.read_text()
-            body = text.split("\n## Figures")[0].split("\n", 1)[-1]
-            lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in body.splitlines()]
+        tables = paths.evaluation / "tables.md"
+        if tables.is_file():  # its tables, here; its figures stay behind the links below
+            lines += ["#" + line if line.startswith("## ") else line for line in tables.read_text().splitlines()]
             lines.append("")
         files = sorted(f.relative_to(paths.root).as_posix() for f in paths.evaluation.rglob("*")
                        if f.is_file() and f.suffix in (".png", ".md", ".json"))

@@ -137,14 +137,15 @@ def run_models(models: dict[str, torch.nn.Module], batch: LMBatch, n_q: int, gen
 
 @torch.no_grad()
 def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int, n_q: int, device,
-             seed: int = 0) -> tuple[dict[str, float], torch.Tensor | None]:
+             seed: int = 0) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor] | None]:
     """Loss and top-1/top-10 accuracy on dev batches: the AR's codebook 1 and each NAR codebook j.
 
     For the AR also what reading buys (lm/reading.py): the same batches with each item's text
     shuffled (`ar/shuffled_text/*`, and `ar/reading_gap` = top-1 minus shuffled top-1), and its
     attention onto the text on the first batch (focus rate, monotonicity, error against the
     aligner's durations where the corpus has them) for the layer that focuses most. Returns the
-    figures and that layer's attention of the first item [T, N] (None without an AR).
+    figures and, for the first item, that layer's attention [T, N] and its text ids [N] (None
+    without an AR).
     """
     for model in models.values():
         model.eval()
@@ -177,7 +178,7 @@ def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int
                 attention_figures = {f"ar/attention/{k}": v for k, v in per_layer[best].items()}
                 attention_figures["ar/attention/layer"] = best + 1
                 T, N = int(batch.code_lengths[0]), int(batch.text_lengths[0])
-                first_attention = maps[best, 0, :T, :N].cpu()
+                first_attention = maps[best, 0, :T, :N].cpu(), batch.text[0, :N].cpu()
         if "nar" in models:
             for j in range(2, n_q + 1):
                 add(f"nar/codebook_{j}", models["nar"](*args, stage=j))
@@ -190,20 +191,6 @@ def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int
     if "ar/codebook_1/top1" in result:
         result["ar/reading_gap"] = result["ar/codebook_1/top1"] - result["ar/shuffled_text/top1"]
     return result | attention_figures, first_attention
-
-
-def attention_figure(attention: torch.Tensor, step: int):
-    """A matplotlib figure of one dev item's attention onto its text [T, N]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.imshow(attention.T.numpy(), origin="lower", aspect="auto", interpolation="none")
-    ax.set(xlabel="frame", ylabel="text token", title=f"AR attention onto the text, step {step}")
-    fig.tight_layout()
-    return fig
 
 
 def export(cfg: TrainLMConfig, models: dict[str, PretrainedLM], corpus: TokenCorpus, run_dir: Path) -> Path:
@@ -339,7 +326,11 @@ def main(argv: list[str] | None = None) -> Path:
                                                  seed=cfg.seed)
                     accelerator.log({f"val/{k}": v for k, v in result.items()}, step=step)
                     if attention is not None:
-                        figure = attention_figure(attention, step)
+                        from app.figures import attention_figure
+
+                        weights, text_ids = attention
+                        figure = attention_figure(weights.numpy(), train.vocab.decode(text_ids.tolist()),
+                                                  train.frame_rate, title=f"dev item 1, step {step}")
                         accelerator.get_tracker("tensorboard").writer.add_figure("val/ar/attention", figure, step)
                     shown = ", ".join(f"{k.removesuffix('/top1').replace('/codebook_', ' q')} {v:.3f}" for k, v in result.items() if k.endswith("top1"))
                     reading = ", ".join(f"{k.removeprefix('ar/')} {v:.3f}" for k, v in result.items()

@@ -172,6 +172,8 @@ def test_evaluate_end_to_end(tiny_model_dir, corpus, tmp_path):
     assert all((out / p).is_file() for paths in figures.values() for p in paths)
     markdown = (out / "report.md").read_text()
     assert "| espeak | ground truth | 2 |" in markdown and "WER ÷ GT" in markdown and "PESQ" in markdown
+    tables = (out / "tables.md").read_text()  # the same tables without the figures, for the quickstart report
+    assert tables in markdown and "PESQ" in tables and "plots/" not in tables
 
 
 def test_evaluate_without_a_meter_still_reports(tiny_model_dir, corpus, tmp_path, monkeypatch):
