@@ -10,6 +10,11 @@ and/or without the prompt's transcript. Every item is heard in up to four render
 
 - `ground_truth`: the target's own recording, the reference every number is read against;
 - `codec`: that recording through the model's codec with the LM's codebooks, the LM's ceiling;
+- `codec_codebook_1`: the recording through the codec with codebook 1 alone, what the AR model
+  writes; between it and `codec` lies what the NAR model's codebooks can add at most;
+- `nar_on_recording`: the recording's own codebook 1, completed by the NAR model and decoded as
+  a synthesis is (`TTS.complete`): the synthesis with a perfect AR model, so the errors
+  between it and the synthesis are the AR model's, the rest the NAR model's and the codec's;
 - `synthesis_with_text` / `synthesis_without_text`: the clone, with or without prompt_text.
 
 Each rendering is measured the same way: word and character error rates of an ASR transcript
@@ -53,6 +58,8 @@ logger = logging.getLogger(__name__)
 PROMPT_MODES = ("with", "without")
 GROUND_TRUTH = "ground_truth"
 CODEC = "codec"
+CODEC_1 = "codec_codebook_1"
+NAR_ON_RECORDING = "nar_on_recording"
 MIN_PROMPT_SECONDS = 3.0  # preferred prompt length: VALL-E's 3 s; shorter ones are used when a speaker has no other
 N_REFERENCES = 5  # recordings averaged into a speaker's voice embedding
 ALL = "all"
@@ -62,6 +69,8 @@ TARGET_SIMILARITY = 0.75  # and similarity to the prompt's voice >= 0.75, clearl
 SYSTEM_LABELS = {
     GROUND_TRUTH: "ground truth",
     CODEC: "codec resynthesis",
+    CODEC_1: "codec, codebook 1 only",
+    NAR_ON_RECORDING: "recording's codebook 1 + NAR",
     "synthesis_with_text": "synthesis, with prompt text",
     "synthesis_without_text": "synthesis, without prompt text",
 }
@@ -459,7 +468,7 @@ def evaluate_tts(
     meters = _Meters(asr, VoiceBank(speaker, voices, n_references) if speaker is not None else None)
     K = tts.nar.config.n_q  # the codebooks the models write: the codec resynthesis uses as many
     codec = evaluate_codec(tts.codec, [item.target for item in items], n_q_values=[K, 1], keep_examples=len(items))
-    full = reconstruction_label(tts.codec, K)
+    full, first = reconstruction_label(tts.codec, K), reconstruction_label(tts.codec, 1)
     wav_dir = Path(wav_dir) if wav_dir is not None else None
     results, examples, attention_example = [], {}, None
     synthesis_seconds = synthesized = 0.0
@@ -478,6 +487,12 @@ def evaluate_tts(
         renderings: dict[str, tuple[torch.Tensor, int]] = {GROUND_TRUTH: (truth[0], truth_sr)}
         if item.target.id in codec.examples:
             renderings[CODEC] = (codec.examples[item.target.id][full], sr)
+            renderings[CODEC_1] = (codec.examples[item.target.id][first], sr)
+        try:
+            renderings[NAR_ON_RECORDING] = (torch.from_numpy(_nar_on_recording(tts, item, truth, truth_sr, prompt,
+                                                                               prompt_sr, prompt_modes[0])), sr)
+        except (PromptError, ValueError) as error:
+            result.errors[NAR_ON_RECORDING] = str(error)
         timings = {}
         for mode, system in zip(prompt_modes, systems):
             start = time.perf_counter()
@@ -510,12 +525,13 @@ def evaluate_tts(
                 SYSTEM_LABELS[GROUND_TRUTH]: resample(truth, truth_sr, sr)[0],
             }
         results.append(result)
-        short = {GROUND_TRUTH: "GT", CODEC: "codec", **{synthesis_system(m): m for m in PROMPT_MODES}}
+        short = {GROUND_TRUTH: "GT", CODEC: "codec", CODEC_1: "cb1", NAR_ON_RECORDING: "NAR",
+                 **{synthesis_system(m): m for m in PROMPT_MODES}}
         progress.set_postfix_str("WER " + " ".join(f"{short[s]} {r.wer:.0%}" for s, r in result.renderings.items()
                                                    if r.wer is not None))
     codec.examples = {k: v for k, v in codec.examples.items() if k in examples}  # the rest were only for the meters
 
-    order = [GROUND_TRUTH, CODEC, *systems]
+    order = [GROUND_TRUTH, CODEC, CODEC_1, NAR_ON_RECORDING, *systems]
     families = sorted({r.family for r in results})
     groups = {ALL: results} if families == [UNKNOWN_FAMILY] else {
         **{family: [r for r in results if r.family == family] for family in families}, ALL: results}
@@ -532,3 +548,14 @@ def evaluate_tts(
     return TTSReport(meters=meter_names, settings=settings, items=results, summary=summary, codec=codec,
                      synthesis_rtf=synthesis_seconds / synthesized if synthesized else None, examples=examples,
                      sample_rate=sr, attention_example=attention_example)
+
+
+def _nar_on_recording(tts: TTS, item: EvalItem, truth: torch.Tensor, truth_sr: int, prompt: torch.Tensor,
+                      prompt_sr: int, mode: str) -> np.ndarray:
+    """The target recording's codebook 1, completed by the NAR model in the item's prompt voice."""
+    voice = tts.prepare_voice((prompt[0], prompt_sr), item.prompt.text if mode == "with" else None,
+                              item.target.language)
+    wav = resample(truth, truth_sr, tts.sample_rate).to(tts.device)  # [1, T]
+    with torch.inference_mode():
+        codes1 = tts.codec.encode(wav[None])[0, 0]  # [F]
+    return tts.complete(item.target.text, codes1, voice, item.target.language)

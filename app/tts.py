@@ -252,6 +252,22 @@ class TTS:
             segments.append(Segment(chunk, group, scores, best, self._tidy(group[best].wav)))
         return Synthesis(self._join(segments), self.sample_rate, voice, segments)
 
+    @torch.inference_mode()
+    def complete(self, text: str, codes1: torch.Tensor, voice: Voice, language: str = "en-us") -> np.ndarray:
+        """The NAR model and the decoder on a given codebook 1 [T] -> float32 audio [T * hop].
+
+        What a synthesis of `text` (one chunk) would sound like if the AR model wrote exactly
+        `codes1`: with a recording's own codebook 1, evaluation tells the AR model's share of the
+        errors from the NAR model's and the codec's.
+        """
+        if codes1.dim() != 1:
+            raise ValueError(f"codes1 must be one item's codebook 1 [T], got shape {tuple(codes1.shape)}")
+        texts, _ = self._texts([text], voice, language)
+        candidate = Candidate(chunk=0, text=text, seed=0, codes1=codes1.long().cpu(), logprob=0.0, finished=True,
+                              language=language, sample_rate=self.sample_rate)
+        self._complete([candidate], texts, voice, batch_size=1)
+        return candidate.wav
+
     def _resolve_voice(self, prompt_wav: Any, prompt_text: str | None, voice: Voice | str | Path | None,
                        language: str) -> Voice:
         if voice is not None:

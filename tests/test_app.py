@@ -112,6 +112,17 @@ def test_seeds_make_calls_reproducible(tts, prompt):
     assert len(first) != len(other) or not np.array_equal(first, other)
 
 
+def test_complete_renders_a_given_codebook_1_as_synthesis_does(tts, prompt):
+    """The teacher-forced path of evaluation: the AR model's own codebook 1, completed, is the synthesis."""
+    synthesis = tts.generate(TEXT, prompt, prompt_text=PROMPT_TEXT, seed=3)
+    chosen = synthesis.segments[0].chosen
+    wav = tts.complete(chosen.text, chosen.codes1, synthesis.voice)
+    assert wav.dtype == np.float32 and len(wav) == chosen.n_frames * tts.codec.hop_length
+    np.testing.assert_allclose(wav, chosen.wav, atol=1e-6)
+    with pytest.raises(ValueError, match="codebook 1"):
+        tts.complete(TEXT, chosen.codes1[None], synthesis.voice)
+
+
 def test_prompt_text_continues_the_transcript(tts, prompt, monkeypatch):
     spy = ARSpy(monkeypatch)
     with_text = tts.generate(TEXT, prompt, prompt_text=PROMPT_TEXT, seed=1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import app.meters as meters
-from app.evaluation import CODEC, GROUND_TRUTH, choose_items, read_voice_families
+from app.evaluation import CODEC, CODEC_1, GROUND_TRUTH, NAR_ON_RECORDING, choose_items, read_voice_families
 from app.figures import curve_group, read_scalars
 from app.meters import (ErrorCount, MeterUnavailable, char_errors, cosine_similarity, load_asr, load_speaker,
                         normalize_for_scoring, word_error_rate, word_errors)
@@ -151,7 +151,7 @@ def test_evaluate_end_to_end(tiny_model_dir, corpus, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["meters"] == {"asr": "pocketsphinx", "speaker": "resemblyzer"}
     assert len(report["items"]) == 2 and len({i["speaker"] for i in report["items"]}) == 2
-    systems = [GROUND_TRUTH, CODEC, "synthesis_with_text", "synthesis_without_text"]
+    systems = [GROUND_TRUTH, CODEC, CODEC_1, NAR_ON_RECORDING, "synthesis_with_text", "synthesis_without_text"]
     for item in report["items"]:
         assert set(item["renderings"]) == set(systems), item["errors"]
         assert item["prompt_id"] != item["id"]
