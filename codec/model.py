@@ -139,7 +139,7 @@ class CodecConfig:
 
 @dataclass
 class CodecOutput:
-    wav: torch.Tensor  # [B, 1, T] reconstruction, trimmed to the input length
+    wav: torch.Tensor | None  # [B, 1, T] reconstruction, trimmed to the input length (None: not decoded)
     codes: torch.Tensor  # [B, K, F]
     commitment_loss: torch.Tensor  # scalar
     quantizer: QuantizerOutput  # everything the quantizer reports (usage, perplexity, codebooks used)
@@ -195,13 +195,16 @@ class EchoCodec(Codec):
         extra = -wav.shape[-1] % self.hop_length
         return torch.nn.functional.pad(wav, (0, extra))
 
-    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
-        """Training path: reconstruct `wav` [B, 1, T] through the quantizer (with quantizer dropout in train mode)."""
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, decode: bool = True) -> CodecOutput:
+        """Training path: reconstruct `wav` [B, 1, T] through the quantizer (with quantizer dropout in train mode).
+
+        decode=False stops after the quantizer (`wav` is then None): for losses on the codes alone.
+        """
         self.check_wav(wav)
         T = wav.shape[-1]
         latent = self.encoder(self._pad(wav))  # [B, D, F]
         q = self.quantizer(latent, n_q=n_q)
-        out = self.decoder(q.z_q)[..., :T]  # [B, 1, T]
+        out = self.decoder(q.z_q)[..., :T] if decode else None  # [B, 1, T]
         return CodecOutput(wav=out, codes=q.codes, commitment_loss=q.commitment_loss, quantizer=q)
 
     @torch.no_grad()

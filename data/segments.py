@@ -1,4 +1,5 @@
-"""Fixed-length audio segments cut from a manifest's utterances: what the codec trains on."""
+"""What the codec trains on: fixed-length audio segments of a manifest's utterances, and whole
+utterances with their phonemes (for the phonetic loss on codebook 1, codec/phonetic.py)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,46 @@ class AudioSegments(Dataset):
         data, sr = sf.read(path, start=start, frames=wanted, dtype="float32", always_2d=True)
         wav = torch.from_numpy(data.T.copy()).mean(dim=0, keepdim=True)
         return resample(wav, sr, self.sample_rate)[:, : self.segment_length]
+
+
+class PhonemizedUtterances(Dataset):
+    """Whole utterances with their phoneme targets: (wav [1, T] float32, targets LongTensor [N]).
+
+    `targets` holds one list of phoneme classes per utterance (codec.phonetic.PhonemeTable);
+    utterances longer than `max_seconds` or without phonemes are left out.
+    """
+
+    def __init__(self, utterances: list[Utterance], targets: list[list[int]], sample_rate: int,
+                 max_seconds: float):
+        if len(utterances) != len(targets):
+            raise ValueError(f"got {len(utterances)} utterances but {len(targets)} phoneme targets")
+        kept = [(u, t) for u, t in zip(utterances, targets) if t and 0 < u.duration <= max_seconds]
+        if not kept:
+            raise ValueError(f"no utterance of at most {max_seconds} s has a transcript with phonemes")
+        self.utterances, self.targets = zip(*kept)
+        self.sample_rate = sample_rate
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index not in self.cache:  # 16-bit in memory, as AudioSegments' cache
+            wav, _ = load_audio(self.utterances[index].audio_path, self.sample_rate)
+            self.cache[index] = (wav.clamp(-1, 1) * 32767).round().to(torch.int16)
+        return self.cache[index].float() / 32767, torch.tensor(self.targets[index], dtype=torch.long)
+
+
+def collate_phonemized(batch: list[tuple[torch.Tensor, torch.Tensor]], hop_length: int):
+    """-> wav [B, 1, T] (zero-padded to whole frames), frame lengths [B], targets [B, N] (0-padded), lengths [B]."""
+    wavs, targets = zip(*batch)
+    samples = torch.tensor([w.shape[-1] for w in wavs])
+    frames = -(-samples // hop_length)
+    wav = torch.zeros(len(batch), 1, int(frames.max()) * hop_length)
+    for b, w in enumerate(wavs):
+        wav[b, :, : w.shape[-1]] = w
+    target_lengths = torch.tensor([len(t) for t in targets])
+    padded = torch.zeros(len(batch), int(target_lengths.max()), dtype=torch.long)
+    for b, t in enumerate(targets):
+        padded[b, : len(t)] = t
+    return wav, frames, padded, target_lengths

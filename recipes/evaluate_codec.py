@@ -2,22 +2,30 @@
 
     python recipes/evaluate_codec.py --codec runs/quickstart/codec --manifest runs/quickstart/corpus/dev.jsonl
     python recipes/evaluate_codec.py --codec facebook/encodec_24khz --wav-dir my_wavs --n-q 32 8 2 1
+    python recipes/evaluate_codec.py --codec runs/quickstart/codec/model \
+        --manifest runs/quickstart/corpus/test.jsonl --families flite --max-items 36 --asr pocketsphinx
 
 Prints a markdown table and writes report.json, report.md and, for the first few items, a
-spectrogram figure (original over each bitrate) and the decoded audio into --out.
+spectrogram figure (original over each bitrate) and the decoded audio into --out. With --asr
+(a manifest's utterances have transcripts), every recording and reconstruction is also
+transcribed: word error rates show what each number of codebooks keeps of the words, codebook 1
+alone being what the AR model writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 import torch
 
+from app.evaluation import read_voice_families
+from app.meters import ErrorCount, load_asr, word_errors
 from codec.evaluation import audio_files, evaluate_codec, write_examples
 from codec.interface import load_codec
-from data.manifest import read_manifest
+from data.manifest import Utterance, read_manifest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,8 +47,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="output directory (default: <codec>/eval for a codec directory, ./codec_eval for a hub id)",
     )  # fmt: skip
     parser.add_argument("--examples", type=int, default=3, help="items to plot and write as audio (default: 3)")
+    parser.add_argument("--asr", default="none",
+                        help="with --manifest: pocketsphinx or a Whisper directory / hub id, to measure word error "
+                             "rates (default: none)")
+    parser.add_argument("--families", nargs="+", default=None,
+                        help="with --manifest: only voices of these families in the corpus' speakers.json "
+                             "(e.g. flite, which pocketsphinx reads best)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
+    if (args.asr != "none" or args.families) and args.manifest is None:
+        parser.error("--asr and --families need --manifest (transcripts and speakers)")
     if args.max_items is not None and args.max_items < 1:
         parser.error(f"--max-items must be at least 1, got {args.max_items}")
     if args.examples < 0:
@@ -56,17 +72,45 @@ def main(argv: list[str] | None = None) -> Path:
     codec = load_codec(args.codec).to(device)
     out = args.out or (Path(args.codec) / "eval" if Path(args.codec).is_dir() else Path("codec_eval"))
     audio = read_manifest(args.manifest) if args.manifest else audio_files(args.wav_dir)
+    if args.families:
+        families = read_voice_families(args.manifest.parent / "speakers.json")
+        audio = [u for u in audio if families.get(u.speaker) in args.families]
+    audio = audio[: args.max_items] if args.max_items is not None else audio
+    asr = None if args.asr == "none" else load_asr(args.asr, audio[0].language if audio else "en-us", device)
 
-    report = evaluate_codec(codec, audio, n_q_values=args.n_q, max_items=args.max_items, keep_examples=args.examples)
+    report = evaluate_codec(codec, audio, n_q_values=args.n_q,
+                            keep_examples=len(audio) if asr is not None else args.examples)
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(report.to_json())
+    data = report.to_dict()
     markdown = report.to_markdown()
+    if asr is not None:
+        errors = word_errors_by_rendering(report.examples, audio, asr, codec.sample_rate)
+        data["word_error_rates"] = {label: count.rate for label, count in errors.items()}
+        truth = errors["original"].rate
+        markdown += "\n| rendering | WER | WER ÷ recording's |\n|---|---:|---:|\n" + "".join(
+            f"| {label} | {100 * count.rate:.1f} % | {count.rate / truth if truth else float('nan'):.2f} |\n"
+            for label, count in errors.items())
+        markdown += f"\nWER over {len(audio)} utterances, ASR: {asr.name}.\n"
+        kept = list(report.examples)[: args.examples]
+        report.examples = {k: report.examples[k] for k in kept}
+    (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(f"# Codec evaluation: {args.codec}\n\n{markdown}")
     write_examples(report, codec.sample_rate, out / "examples")
     print(markdown)
     print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {len(report.examples)} examples in {out / 'examples'}")
     return out
+
+
+def word_errors_by_rendering(examples: dict[str, dict[str, torch.Tensor]], utterances: list[Utterance], asr,
+                             sample_rate: int) -> dict[str, ErrorCount]:
+    """Word errors of the recordings ("original") and of each reconstruction, summed over the utterances."""
+    totals: dict[str, ErrorCount] = {}
+    for utterance in utterances:
+        for label, wav in examples.get(utterance.id, {}).items():
+            heard = word_errors(utterance.text, asr.transcribe(wav, sample_rate), utterance.language)
+            totals[label] = totals.get(label, ErrorCount(0, 0)) + heard
+    return totals
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from functools import partial
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +35,12 @@ from codec.losses import (
     waveform_l1_loss,
 )
 from codec.model import CodecConfig, EchoCodec
+from codec.phonetic import PhonemeTable, PhoneticProbe
 from data.audio import write_audio
-from data.manifest import read_manifest
+from data.manifest import Utterance, read_manifest
+from data.phonemes import Phonemizer
 from data.plots import spectrogram_image
-from data.segments import AudioSegments
+from data.segments import AudioSegments, PhonemizedUtterances, collate_phonemized
 from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, resume_from_checkpoint, save_checkpoint, save_config
 
 
@@ -48,6 +51,7 @@ class LossWeights:
     commitment: float = 1.0
     adversarial: float = 3.0  # the adversarial and feature losses average over sub-discriminators (EnCodec's scale)
     feature_matching: float = 3.0
+    phonetic: float = 0.0  # CTC of the transcript's phonemes read off codebook 1 (codec/phonetic.py); 0: off
 
 
 @dataclass
@@ -72,6 +76,8 @@ class TrainCodecConfig:
     bf16: bool = True  # on GPUs; CPUs train in float32
     num_workers: int = 0
     cache_audio: bool = False
+    phonetic_batch_size: int = 4  # whole utterances per step for the phonetic loss
+    phonetic_max_seconds: float = 6.0  # longer utterances are left out of it
     log_every: int = 10
     val_every: int = 500
     val_items: int = 16
@@ -89,9 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def phonemized(utterances: list[Utterance], sample_rate: int, max_seconds: float,
+               table: PhonemeTable | None = None) -> tuple[PhonemizedUtterances, PhonemeTable]:
+    """Whole utterances with their transcripts' phonemes, and the phoneme table (built here unless given)."""
+    phonemizer = Phonemizer(with_stress=False)
+    tokens: list[list[str]] = [[] for _ in utterances]
+    for language in dict.fromkeys(u.language for u in utterances):
+        positions = [i for i, u in enumerate(utterances) if u.language == language]
+        for i, phonemes in zip(positions, phonemizer.phonemize([utterances[i].text for i in positions], language)):
+            tokens[i] = phonemes
+    table = table or PhonemeTable(tokens)
+    return PhonemizedUtterances(utterances, [table.encode(t) for t in tokens], sample_rate, max_seconds), table
+
+
 @torch.no_grad()
-def validate(codec: EchoCodec, dev: AudioSegments, items: int) -> dict[str, float | list[torch.Tensor]]:
-    """Mel distance of reconstructions at every codebook and at codebook 1 alone, on fixed dev segments."""
+def validate(codec: EchoCodec, dev: AudioSegments, items: int, probe: PhoneticProbe | None = None,
+             dev_phonemized: PhonemizedUtterances | None = None) -> dict[str, float | list[torch.Tensor]]:
+    """Mel distance of reconstructions at every codebook and at codebook 1 alone, on fixed dev segments;
+    with the phonetic probe, its phoneme error rate reading codebook 1 of whole dev utterances."""
     codec.eval()
     result: dict[str, float | list[torch.Tensor]] = {"samples": []}
     distances = {codec.n_q: [], 1: []}
@@ -108,6 +129,11 @@ def validate(codec: EchoCodec, dev: AudioSegments, items: int) -> dict[str, floa
             result["samples"].append((f"{i}/original", wav[0].cpu()))
     for n_q, values in distances.items():
         result[f"mel_distance_q{n_q}"] = sum(values) / len(values)
+    if probe is not None and dev_phonemized is not None:
+        wav, frames, targets, lengths = collate_phonemized([dev_phonemized[i] for i in range(len(dev_phonemized))],
+                                                           codec.hop_length)
+        z_q = codec(wav.to(device), n_q=1, decode=False).quantizer.z_q
+        result["phoneme_error_rate_q1"] = probe.phoneme_error_rate(z_q, frames, targets, lengths)
     codec.train()
     return result
 
@@ -143,9 +169,21 @@ def main(argv: list[str] | None = None) -> Path:
 
     codec = EchoCodec(cfg.model)
     discriminator = Discriminator(cfg.discriminator)
-    opt_g = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=cfg.betas)
+    probe = phonetic_loader = dev_phonemized = None
+    generator_parameters = list(codec.parameters())
+    if cfg.loss_weights.phonetic > 0:
+        phonetic_set, table = phonemized(train_set.utterances, sr, cfg.phonetic_max_seconds)
+        dev_phonemized, _ = phonemized(dev_set.utterances, sr, cfg.phonetic_max_seconds, table)
+        phonetic_loader = DataLoader(phonetic_set, batch_size=cfg.phonetic_batch_size, shuffle=True, drop_last=True,
+                                     collate_fn=partial(collate_phonemized, hop_length=cfg.model.hop_length))
+        probe = PhoneticProbe(cfg.model.latent_dim, len(table))
+        generator_parameters += list(probe.parameters())
+        accelerator.print(f"phonetic loss on codebook 1: {len(table)} phonemes, {len(phonetic_set)} utterances")
+    opt_g = torch.optim.AdamW(generator_parameters, lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.discriminator_lr, betas=cfg.betas)
     codec, discriminator, opt_g, opt_d, loader = accelerator.prepare(codec, discriminator, opt_g, opt_d, loader)
+    if probe is not None:
+        probe, phonetic_loader = accelerator.prepare(probe, phonetic_loader)
 
     state = resume_from_checkpoint(accelerator, run_dir) if args.resume else None
     step = state["step"] if state else 0
@@ -159,6 +197,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     w = cfg.loss_weights
     batches = (batch for _ in itertools.count() for batch in loader)
+    phonetic_batches = (batch for _ in itertools.count() for batch in phonetic_loader) if probe is not None else None
     progress = tqdm(total=cfg.steps, initial=step, desc="codec", disable=not accelerator.is_main_process)
     frames_seen, clock = 0, time.perf_counter()
     while step < cfg.steps:
@@ -171,7 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
         use_gan = cfg.gan and step >= cfg.gan_start_step
         wav = next(batches)  # [B, 1, T]
 
-        with accelerator.accumulate(codec, discriminator):
+        with accelerator.accumulate(codec, discriminator, *([probe] if probe is not None else [])):
             out = codec(wav)
             recon = out.wav.float()
             losses = {
@@ -179,6 +218,10 @@ def main(argv: list[str] | None = None) -> Path:
                 "waveform": waveform_l1_loss(recon, wav),
                 "commitment": out.commitment_loss,
             }
+            if probe is not None:
+                utterances, frames, targets, target_lengths = next(phonetic_batches)
+                z_q = codec(utterances, n_q=1, decode=False).quantizer.z_q  # codebook 1, straight-through
+                losses["phonetic"] = probe(z_q, frames, targets, target_lengths)
             if use_gan:
                 # The generator's loss goes through a frozen, unwrapped discriminator: its gradient must
                 # reach the codec only, never the discriminator's parameters (nor DDP's gradient hooks).
@@ -193,7 +236,7 @@ def main(argv: list[str] | None = None) -> Path:
             opt_g.zero_grad(set_to_none=True)
             accelerator.backward(loss_g)
             if accelerator.sync_gradients:
-                grad_norm_g = accelerator.clip_grad_norm_(codec.parameters(), cfg.grad_clip)
+                grad_norm_g = accelerator.clip_grad_norm_(generator_parameters, cfg.grad_clip)
             opt_g.step()
 
             if use_gan:
@@ -226,7 +269,8 @@ def main(argv: list[str] | None = None) -> Path:
 
         if step % cfg.val_every == 0 or step == cfg.steps:
             if accelerator.is_main_process:
-                result = validate(accelerator.unwrap_model(codec), dev_set, cfg.val_items)
+                result = validate(accelerator.unwrap_model(codec), dev_set, cfg.val_items,
+                                  accelerator.unwrap_model(probe) if probe is not None else None, dev_phonemized)
                 accelerator.log({f"val/{k}": v for k, v in result.items() if k != "samples"}, step=step)
                 writer = accelerator.get_tracker("tensorboard", unwrap=True)
                 for name, sample in result["samples"]:
@@ -236,6 +280,8 @@ def main(argv: list[str] | None = None) -> Path:
                 tqdm.write(
                     f"step {step}: val mel distance {result[f'mel_distance_q{cfg.model.n_q}']:.3f} "
                     f"(codebook 1 only: {result['mel_distance_q1']:.3f})"
+                    + (f"; phoneme error rate from codebook 1 {result['phoneme_error_rate_q1']:.1%}"
+                       if "phoneme_error_rate_q1" in result else "")
                 )
             accelerator.wait_for_everyone()
 

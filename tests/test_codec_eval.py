@@ -225,3 +225,37 @@ def test_recipe_writes_report_and_examples(tiny_codec_dir, wav_dir, tmp_path, ca
     png = out / "examples" / "spk0" / "utt0.png"
     assert png.read_bytes().startswith(PNG_MAGIC)
     assert sorted(p.name for p in (out / "examples" / "spk0" / "utt0").iterdir()) == ["n_q1.wav", "original.wav"]
+
+
+def test_recipe_measures_word_errors_of_each_rendering(tiny_codec_dir, wav_dir, tmp_path, monkeypatch, capsys):
+    from data.manifest import Utterance, write_manifest
+
+    spec = importlib.util.spec_from_file_location("evaluate_codec_asr", ROOT / "recipes" / "evaluate_codec.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    utterances = [Utterance(p.stem, str(p), "hello there world", p.parent.name, 1.0)
+                  for p in sorted(wav_dir.rglob("*.wav"))]
+    write_manifest(tmp_path / "test.jsonl", utterances)
+    (tmp_path / "speakers.json").write_text(json.dumps({"speakers": [{"id": "spk0", "engine": "flite"},
+                                                                    {"id": "spk1", "engine": "espeak"}]}))
+    heard = []
+
+    class OneWordShort:
+        name = "fake"
+
+        def transcribe(self, wav, sample_rate):
+            heard.append(len(wav))
+            return "hello world"
+
+    monkeypatch.setattr(recipe, "load_asr", lambda spec, language, device: OneWordShort())
+    out = recipe.main(["--codec", str(tiny_codec_dir), "--manifest", str(tmp_path / "test.jsonl"), "--asr", "fake",
+                       "--families", "flite", "--examples", "1", "--out", str(tmp_path / "eval")])
+    report = json.loads((out / "report.json").read_text())
+    assert report["items"] == 2  # the flite speaker's two utterances
+    assert report["word_error_rates"] == {"original": pytest.approx(1 / 3), "n_q=2 (0.8 kbps)": pytest.approx(1 / 3),
+                                          "n_q=1 (0.4 kbps)": pytest.approx(1 / 3)}
+    assert len(heard) == 2 * 3  # each utterance: the recording and both reconstructions
+    assert "| n_q=1 (0.4 kbps) | 33.3 % | 1.00 |" in capsys.readouterr().out
+    assert len(list((out / "examples").rglob("*.png"))) == 1
+    with pytest.raises(SystemExit):
+        recipe.main(["--codec", str(tiny_codec_dir), "--wav-dir", str(wav_dir), "--asr", "pocketsphinx"])
