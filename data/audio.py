@@ -110,6 +110,14 @@ def trim_silence(
     wav: torch.Tensor, sr: int, top_db: float = 40.0, frame_s: float = 0.02, keep_s: float = 0.1
 ) -> torch.Tensor:
     """Drop leading and trailing frames quieter than `top_db` below the loudest frame, keeping `keep_s` of margin."""
+    start, end = speech_bounds(wav, sr, top_db, frame_s, keep_s)
+    return wav[..., start:end]
+
+
+def speech_bounds(
+    wav: torch.Tensor, sr: int, top_db: float = 40.0, frame_s: float = 0.02, keep_s: float = 0.1
+) -> tuple[int, int]:
+    """The samples [start, end) of `wav` [C, T] that `trim_silence` keeps (0, T when no frame stands out)."""
     hop = max(1, int(frame_s * sr))
     T = wav.shape[-1]
     n_frames = -(-T // hop)
@@ -118,11 +126,9 @@ def trim_silence(
     db = 20 * torch.log10(rms.clamp_min(1e-10))
     voiced = torch.nonzero(db > db.max() - top_db).flatten()
     if voiced.numel() == 0:
-        return wav
+        return 0, T
     keep = int(keep_s * sr)
-    start = max(0, int(voiced[0]) * hop - keep)
-    end = min(T, (int(voiced[-1]) + 1) * hop + keep)
-    return wav[..., start:end]
+    return max(0, int(voiced[0]) * hop - keep), min(T, (int(voiced[-1]) + 1) * hop + keep)
 
 
 def normalize_loudness(wav: torch.Tensor, sr: int, target_lufs: float = -23.0, peak: float = 0.99) -> torch.Tensor:

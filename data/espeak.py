@@ -49,17 +49,45 @@ def find_espeak() -> EspeakInstall:
 # The subset of eSpeak NG's C API (speak_lib.h) that speech synthesis needs.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # like RETRIEVAL (audio comes back through the callback), but espeak_Synth blocks
 _INITIALIZE_DONT_EXIT = 0x8000  # without it a missing data directory makes the library call exit()
+_INITIALIZE_PHONEME_EVENTS = 0x0001  # report where each phoneme starts (the audio does not change)
+_INITIALIZE_PHONEME_IPA = 0x0002  # ... and name it in IPA, as phonemizer writes it
+_EVENT_LIST_TERMINATED, _EVENT_PHONEME = 0, 7  # espeak_EVENT_TYPE
 _CHARS_UTF8 = 1
 _POS_CHARACTER = 1
 _EE_OK = 0
 _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE, _PARAM_WORDGAP = 1, 2, 3, 4, 7
 _BUFFER_MS = 500
 _NOISE_SEED = 1
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT: for a phoneme event, `sample` is where the phoneme starts in the utterance's audio
+    and `id.string` its name (UTF-8, zero-terminated unless it fills the 8 bytes)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # milliseconds
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)  # (samples, how many, the events of these samples, ending with one of type 0) -> 0 to go on
 
 # Answers of the helper process: a status byte, a length, the payload.
 _OK, _FAILED, _REJECTED = 0, 1, 2  # success; an error; a ValueError (bad input)
 _FRAME = struct.Struct("<BI")
+_LENGTH = struct.Struct("<I")  # a spoken answer: the length of the phoneme list (JSON), the list, the samples
 # The helper runs isolated (-I: no environment variables, no script folder) with this process's import path.
 _HELPER = (
     "import os, sys; sys.path[:0] = sys.argv[1].split(os.pathsep); from data.espeak import _serve; _serve(*sys.argv[2:])"
@@ -87,8 +115,24 @@ class VoiceSettings:
                 raise ValueError(f"VoiceSettings.{field} must be in [{low}, {high}], got {value}")
 
 
+@dataclass(frozen=True)
+class PhonemeEvent:
+    """Where eSpeak NG starts a phoneme: its IPA name as eSpeak writes it for the voice's accent, with the
+    stress mark it carries ("ˈoʊ", "ɹ"), or "" for a pause; and its first sample in the utterance's audio."""
+
+    phoneme: str
+    sample: int
+
+
+@dataclass(frozen=True)
+class EspeakSpeech:
+    audio: np.ndarray  # float32 [T] in [-1, 1) at the synthesizer's sample rate
+    phonemes: tuple[PhonemeEvent, ...]  # in the order spoken; samples never decrease
+
+
 class EspeakSynthesizer:
-    """Speech from libespeak-ng: `synthesize(text, voice)` returns float32 audio at `sample_rate` (22050 Hz).
+    """Speech from libespeak-ng: `synthesize(text, voice)` returns float32 audio at `sample_rate` (22050 Hz);
+    `speak(text, voice)` also says where each phoneme starts.
 
     libespeak-ng keeps its state in process globals, and some of it survives from one utterance
     to the next (the phase of the pitch flutter and of the roughness modulation), so speaking the
@@ -116,8 +160,18 @@ class EspeakSynthesizer:
 
         The same text and voice always give the same samples, whatever was spoken before.
         """
-        samples = self._ask({"speak": text, "voice": asdict(voice)})
-        return np.frombuffer(samples, dtype=np.int16).astype(np.float32) / 32768.0
+        return self.speak(text, voice).audio
+
+    def speak(self, text: str, voice: VoiceSettings = VoiceSettings()) -> EspeakSpeech:
+        """`synthesize`, with eSpeak's phoneme events: where each phoneme (or pause) starts in the audio."""
+        answer = self._ask({"speak": text, "voice": asdict(voice)})
+        (length,) = _LENGTH.unpack_from(answer)
+        events = json.loads(answer[_LENGTH.size : _LENGTH.size + length])
+        samples = np.frombuffer(answer[_LENGTH.size + length :], dtype=np.int16)
+        return EspeakSpeech(
+            audio=samples.astype(np.float32) / 32768.0,
+            phonemes=tuple(PhonemeEvent(name, sample) for name, sample in events),
+        )
 
     def has_voice(self, name: str) -> bool:
         """Whether this install has the voice `name`. An unknown variant after "+" falls back to the plain voice."""
@@ -177,11 +231,13 @@ class _EspeakLibrary:
         self._lib = ctypes.CDLL(install.library)
         self._declare_signatures()
         data = install.data.encode() if install.data else None
-        sample_rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, data, _INITIALIZE_DONT_EXIT)
+        options = _INITIALIZE_DONT_EXIT | _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA
+        sample_rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, data, options)
         if sample_rate <= 0:
             raise RuntimeError(f"eSpeak NG failed to initialise from {install.library} with data {install.data}")
         self.sample_rate: int = sample_rate
         self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[str, int]] = []  # (phoneme, first sample) of the utterance being spoken
         self._callback = _SynthCallback(self._collect)  # kept alive here: the library holds a pointer to it
 
     def _declare_signatures(self) -> None:
@@ -212,13 +268,15 @@ class _EspeakLibrary:
     def answer(self, request: dict) -> bytes:
         if "has_voice" in request:
             return b"\x01" if self._select(request["has_voice"]) else b"\x00"
-        return self._speak(request["speak"].encode("utf-8"), VoiceSettings(**request["voice"])).tobytes()
+        samples, events = self._speak(request["speak"].encode("utf-8"), VoiceSettings(**request["voice"]))
+        listed = json.dumps(events, ensure_ascii=False).encode()
+        return _LENGTH.pack(len(listed)) + listed + samples.tobytes()
 
     def _select(self, name: str) -> bool:
         return self._lib.espeak_SetVoiceByName(name.encode()) == _EE_OK
 
-    def _speak(self, text: bytes, voice: VoiceSettings) -> np.ndarray:
-        """int16 samples [T]."""
+    def _speak(self, text: bytes, voice: VoiceSettings) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """int16 samples [T], and the phoneme events: (IPA name or "" for a pause, first sample)."""
         if not self._select(voice.name):
             raise ValueError(
                 f"eSpeak NG has no voice {voice.name!r}; `espeak-ng --voices=en` lists the voices, "
@@ -237,16 +295,23 @@ class _EspeakLibrary:
         else:
             ctypes.CDLL(None).srand(_NOISE_SEED)
         self._lib.espeak_SetSynthCallback(self._callback)
-        self._chunks = []
+        self._chunks, self._events = [], []
         status = self._lib.espeak_Synth(text, len(text) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        chunks, self._chunks = self._chunks, []
+        (chunks, self._chunks), (events, self._events) = (self._chunks, []), (self._events, [])
         if status != _EE_OK:
             raise RuntimeError(f"espeak_Synth returned error {status}")
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        return (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)), events
 
-    def _collect(self, wav: ctypes.Array, num_samples: int, events: int) -> int:
+    def _collect(self, wav: ctypes.Array, num_samples: int, events: ctypes.Array) -> int:
         if wav and num_samples > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        i = 0
+        while events and events[i].type != _EVENT_LIST_TERMINATED:
+            event = events[i]
+            if event.type == _EVENT_PHONEME:  # a name of 8 bytes has no terminating zero and may end mid-character
+                name = bytes(event.id.string).split(b"\0", 1)[0].decode("utf-8", errors="ignore")
+                self._events.append((name, int(event.sample)))
+            i += 1
         return 0  # 0 = go on
 
 

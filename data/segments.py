@@ -73,11 +73,12 @@ class PhonemizedUtterances(Dataset):
     """Whole utterances with their phoneme targets: (wav [1, T] float32, targets LongTensor [N]).
 
     `targets` holds one list of phoneme classes per utterance (codec.phonetic.PhonemeTable);
-    utterances longer than `max_seconds` or without phonemes are left out.
+    utterances longer than `max_seconds` or without phonemes are left out. `cache` keeps every
+    utterance read in memory, as AudioSegments does.
     """
 
     def __init__(self, utterances: list[Utterance], targets: list[list[int]], sample_rate: int,
-                 max_seconds: float):
+                 max_seconds: float, cache: bool = False):
         if len(utterances) != len(targets):
             raise ValueError(f"got {len(utterances)} utterances but {len(targets)} phoneme targets")
         kept = [(u, t) for u, t in zip(utterances, targets) if t and 0 < u.duration <= max_seconds]
@@ -85,16 +86,19 @@ class PhonemizedUtterances(Dataset):
             raise ValueError(f"no utterance of at most {max_seconds} s has a transcript with phonemes")
         self.utterances, self.targets = zip(*kept)
         self.sample_rate = sample_rate
-        self.cache: dict[int, torch.Tensor] = {}
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = torch.tensor(self.targets[index], dtype=torch.long)
+        if self.cache is None:
+            return load_audio(self.utterances[index].audio_path, self.sample_rate)[0], targets
         if index not in self.cache:  # 16-bit in memory, as AudioSegments' cache
             wav, _ = load_audio(self.utterances[index].audio_path, self.sample_rate)
             self.cache[index] = (wav.clamp(-1, 1) * 32767).round().to(torch.int16)
-        return self.cache[index].float() / 32767, torch.tensor(self.targets[index], dtype=torch.long)
+        return self.cache[index].float() / 32767, targets
 
 
 def collate_phonemized(batch: list[tuple[torch.Tensor, torch.Tensor]], hop_length: int):

@@ -19,17 +19,22 @@ so that no two eSpeak speakers share an (accent, variant) pair. The settings are
 function of (num_speakers, seed, use_flite) and are saved in `speakers.json`, together with
 the eSpeak pitch parameter calibrated to reach the target F0 and the F0 measured.
 
-Layout of `out_dir`: `speakers.json` and `audio/<speaker>/<speaker>_<k:05d>.flac`, 16-bit mono
+Layout of `out_dir`: `speakers.json`, `audio/<speaker>/<speaker>_<k:05d>.flac`, 16-bit mono
 at 24 kHz (eSpeak speaks at 22050 Hz, flite at 16 kHz; both are resampled, which the warp
-rides on). Each speaker reads its own sentences (no sentence is read twice) in order, stopping
+rides on), and `phoneme_timings.jsonl`: when each phoneme of every eSpeak utterance starts and
+ends in its file, as eSpeak NG reports them (data/phoneme_timings.py; flite's utterances have
+none). Each speaker reads its own sentences (no sentence is read twice) in order, stopping
 at the utterance that brings it closest to `hours * 3600 / num_speakers` seconds. The same
 arguments give the same texts and the same audio bytes, however many workers; a bigger `hours`
-extends a corpus, and an interrupted build resumes, keeping the files already written.
+extends a corpus, and an interrupted build resumes, keeping the files already written. An
+utterance whose file exists but whose timings do not (a corpus built before they were recorded)
+is synthesized again for its timings only: the same bytes, so the file is left as it is.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -39,17 +44,20 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from data.audio import normalize_loudness, resample, trim_silence, write_audio
-from data.espeak import VoiceSettings, espeak_synthesizer, espeak_variants
+from data.audio import normalize_loudness, resample, speech_bounds, write_audio
+from data.espeak import PhonemeEvent, VoiceSettings, espeak_synthesizer, espeak_variants
 from data.manifest import Utterance
+from data.phoneme_timings import PAUSE, TIMINGS_FILE, PhonemeTiming, UtteranceTimings, read_timings, write_timings
 from data.sentences import generate_sentences
+
+logger = logging.getLogger(__name__)
 
 SYNTHETIC_SAMPLE_RATE = 24000
 SYNTHETIC_QUICKSTART_HOURS = 4.0  # 72 speakers x 200 s, about 5250 utterances: builds in about 80 s on 2 cores
@@ -280,13 +288,26 @@ def _clip_pitch(pitch: float) -> int:
     return int(min(100, max(5, round(pitch))))
 
 
+@dataclass(frozen=True)
+class Rendering:
+    audio: np.ndarray  # float32 [T] at the corpus rate
+    phonemes: tuple[PhonemeTiming, ...] | None  # when each phoneme starts and ends in `audio`; None for flite
+
+
 def render(speaker: SyntheticSpeaker, text: str, sample_rate: int = SYNTHETIC_SAMPLE_RATE) -> np.ndarray:
     """`text` in `speaker`'s voice: float32 [T] at `sample_rate`, silence trimmed to 0.1 s, loudness set."""
+    return render_with_timings(speaker, text, sample_rate).audio
+
+
+def render_with_timings(speaker: SyntheticSpeaker, text: str, sample_rate: int = SYNTHETIC_SAMPLE_RATE) -> Rendering:
+    """`render`, with the phoneme timings of an eSpeak speaker (see `_timings`)."""
+    events = None
     if speaker.engine == "flite":
         native_rate, wav = FLITE_SAMPLE_RATE, _flite(speaker, text)
     else:
         synthesizer = espeak_synthesizer()
-        native_rate, wav = synthesizer.sample_rate, synthesizer.synthesize(text, speaker.espeak_voice())
+        speech = synthesizer.speak(text, speaker.espeak_voice())
+        native_rate, wav, events = synthesizer.sample_rate, speech.audio, speech.phonemes
     if wav.size == 0 or not np.any(wav):
         raise RuntimeError(f"{speaker.id} ({speaker.voice}) produced no audio for {text!r}")
     tilted = wav.copy()
@@ -294,9 +315,38 @@ def render(speaker: SyntheticSpeaker, text: str, sample_rate: int = SYNTHETIC_SA
     # Reading the samples as if recorded at native_rate * warp and resampling scales every frequency by warp.
     warped_rate = WARP_STEP_HZ * round(native_rate * speaker.warp / WARP_STEP_HZ)
     out = resample(torch.from_numpy(tilted).unsqueeze(0), warped_rate, sample_rate)
-    out = trim_silence(out, sample_rate)
-    out = normalize_loudness(out, sample_rate, speaker.loudness)
-    return out.squeeze(0).numpy().astype(np.float32)
+    start, end = speech_bounds(out, sample_rate)  # trim the silence
+    out = normalize_loudness(out[..., start:end], sample_rate, speaker.loudness)
+    audio = out.squeeze(0).numpy().astype(np.float32)
+    if events is None:
+        return Rendering(audio, None)
+    return Rendering(audio, _timings(events, wav.size / warped_rate, start / sample_rate, audio.size / sample_rate,
+                                     warped_rate))
+
+
+def _timings(events: Sequence[PhonemeEvent], spoken_seconds: float, trimmed_seconds: float, duration: float,
+             warped_rate: int) -> tuple[PhonemeTiming, ...]:
+    """eSpeak's phoneme events -> (phoneme, start, end) in seconds of the written audio.
+
+    The tilt filter and the loudness gain move no sample. Reading eSpeak's samples at
+    `warped_rate` puts its sample s at s / warped_rate seconds, and the resampler (a centred
+    windowed sinc) adds no delay; the trim removes `trimmed_seconds` from the start. A phoneme
+    ends where the next event starts, the last one where eSpeak's audio ends; times are clipped
+    to the file, and what the trim removed entirely is dropped. Pauses ("" from eSpeak) are
+    named PAUSE, and consecutive pauses are merged.
+    """
+    bounds = [e.sample / warped_rate - trimmed_seconds for e in events] + [spoken_seconds - trimmed_seconds]
+    bounds = [min(max(t, 0.0), duration) for t in bounds]
+    timings: list[PhonemeTiming] = []
+    for event, start, end in zip(events, bounds[:-1], bounds[1:]):
+        if end <= start:
+            continue
+        name = event.phoneme or PAUSE
+        if name == PAUSE and timings and timings[-1].phoneme == PAUSE:
+            timings[-1] = PhonemeTiming(PAUSE, timings[-1].start, end)
+        else:
+            timings.append(PhonemeTiming(name, start, end))
+    return tuple(timings)
 
 
 def _flite(speaker: SyntheticSpeaker, text: str) -> np.ndarray:
@@ -324,27 +374,51 @@ class _SpeakerJob:
     seconds: float  # how much audio the speaker should end with
     out_dir: str
     sample_rate: int
+    timings: dict[str, UtteranceTimings]  # the speaker's timings already on disk, by utterance id
 
 
-def _build_speaker(job: _SpeakerJob) -> list[Utterance]:
-    """Speak the job's sentences in order while that brings the total closer to `seconds`; reuse valid files."""
+def _build_speaker(job: _SpeakerJob) -> tuple[list[Utterance], list[UtteranceTimings]]:
+    """Speak the job's sentences in order while that brings the total closer to `seconds`; reuse valid files.
+
+    Returns the utterances and the phoneme timings of those spoken by eSpeak.
+    """
     speaker, folder = job.speaker, Path(job.out_dir) / "audio" / job.speaker.id
     utterances: list[Utterance] = []
+    timings: list[UtteranceTimings] = []
     total = 0.0
     for k, text in enumerate(job.sentences):
         utt_id = f"{speaker.id}_{k:05d}"
         path = folder / f"{utt_id}.flac"
-        wav, duration = None, _existing_duration(path, job.sample_rate)
+        rendering, duration = None, _existing_duration(path, job.sample_rate)
         if duration is None:
-            wav = render(speaker, text, job.sample_rate)
-            duration = wav.shape[0] / job.sample_rate
+            rendering = render_with_timings(speaker, text, job.sample_rate)
+            duration = rendering.audio.shape[0] / job.sample_rate
         if utterances and total + duration / 2 > job.seconds:
-            return utterances
-        if wav is not None:
-            write_audio(path, wav, job.sample_rate)
+            return utterances, timings
+        if rendering is not None:
+            write_audio(path, rendering.audio, job.sample_rate)
         utterances.append(Utterance(utt_id, str(path.resolve()), text, speaker.id, duration, LANGUAGE))
         total += duration
+        found = _utterance_timings(job, utt_id, text, rendering, duration) if speaker.engine == "espeak" else None
+        if found is not None:
+            timings.append(found)
     raise RuntimeError(f"{speaker.id} ran out of sentences at {total:.1f} s of {job.seconds:.1f} s")
+
+
+def _utterance_timings(
+    job: _SpeakerJob, utt_id: str, text: str, rendering: Rendering | None, duration: float
+) -> UtteranceTimings | None:
+    """An eSpeak utterance's timings: from its rendering, else those an earlier build recorded for its file, else
+    from speaking it again (a file from a build that did not record timings). None if the file on disk has
+    another length than what this build speaks: it is not this build's audio, and its timings are unknown."""
+    if rendering is None:
+        known = job.timings.get(utt_id)
+        if known is not None and known.text == text:
+            return known
+        rendering = render_with_timings(job.speaker, text, job.sample_rate)
+        if rendering.audio.shape[0] != round(duration * job.sample_rate):
+            return None
+    return UtteranceTimings(utt_id, text, rendering.phonemes)
 
 
 def _existing_duration(path: Path, sample_rate: int) -> float | None:
@@ -404,16 +478,30 @@ def build_synthetic_corpus(
     per_speaker = math.ceil(seconds / MIN_SECONDS_PER_SENTENCE) + 1
     pool_of_sentences = generate_sentences(per_speaker * num_speakers, seed)
     workers = min(workers, num_speakers)
+    known = _existing_timings(out_dir / TIMINGS_FILE)
     with _executor(workers) as run:
         speakers = list(run(calibrate_speaker, plan))
         _write_speakers(out_dir, speakers, seed, sample_rate)
         jobs = [
-            _SpeakerJob(speaker, pool_of_sentences[i::num_speakers], seconds, str(out_dir), sample_rate)
+            _SpeakerJob(speaker, pool_of_sentences[i::num_speakers], seconds, str(out_dir), sample_rate,
+                        {k: v for k, v in known.items() if k.startswith(f"{speaker.id}_")})
             for i, speaker in enumerate(speakers)
         ]
         progress = dict(total=len(jobs), unit="speaker", desc=f"synthetic corpus ({hours:g} h)")
-        results = tqdm(run(_build_speaker, jobs), **progress)
-        return [utt for utterances in results for utt in utterances]
+        results = list(tqdm(run(_build_speaker, jobs), **progress))
+    write_timings(out_dir / TIMINGS_FILE, [t for _, timings in results for t in timings])
+    return [utt for utterances, _ in results for utt in utterances]
+
+
+def _existing_timings(path: Path) -> dict[str, UtteranceTimings]:
+    """The timings an earlier build wrote; none if there is no file (or a damaged one: they are made again)."""
+    if not path.is_file():
+        return {}
+    try:
+        return read_timings(path)
+    except ValueError as e:
+        logger.warning("%s is damaged (%s); the phoneme timings are made again", path, e)
+        return {}
 
 
 @contextmanager

@@ -9,6 +9,18 @@ directory receives config.yaml, the TensorBoard logs, the aligner in `model/` an
 (one utterance's soft and hard alignment); the token directory receives one
 `shard-*.durations.safetensors` beside each shard. A rerun with `--resume` keeps a trained
 aligner and writes only the shards still missing their durations.
+
+On the built-in corpus the true phoneme timings are known (eSpeak NG reports them; see
+data/phoneme_timings.py), and `alignment.json` also says how far the aligner's phoneme
+boundaries are from them, in frames: `boundary_error_frames` (mean) and
+`boundary_error_frames_median` of the absolute error over the boundaries that could be matched,
+`boundary_offset_frames` (the mean signed error; > 0: the aligner is late), `boundaries_matched`
+(their share of eSpeak's boundaries) and `utterances_with_timings`. The timings are read from
+`--timings PATH`, by default from `corpus/phoneme_timings.jsonl` beside the token directory
+(the quickstart's layout) when it exists; flite utterances and real corpora have none.
+
+    python recipes/align.py --tokens runs/qs/tokens --run_dir runs/qs/aligner --resume \
+        --timings runs/qs/corpus/phoneme_timings.jsonl
 """
 
 from __future__ import annotations
@@ -26,6 +38,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from data.lm_data import FrameBudgetBatchSampler
+from data.phoneme_timings import (
+    TIMINGS_FILE,
+    UtteranceTimings,
+    boundary_errors,
+    read_timings,
+    summarize_boundary_errors,
+)
 from data.tokens import TokenCorpus, durations_path, write_durations
 from lm.aligner import Aligner, AlignerConfig, hard_durations
 from lm.layout import frame_mask
@@ -47,6 +66,7 @@ class AlignConfig:
     grad_clip: float = 1.0
     log_every: int = 25
     seed: int = 0
+    timings: str = ""  # the corpus's phoneme_timings.jsonl; "": corpus/phoneme_timings.jsonl beside `tokens`, if any
 
 
 def pad_batch(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,6 +180,30 @@ def _even(N: int, T: int) -> torch.Tensor:
     return edges[1:] - edges[:-1]
 
 
+def find_timings(cfg: AlignConfig) -> Path | None:
+    """The phoneme timings to check the durations against: `cfg.timings`, else the quickstart's corpus's, else None."""
+    if cfg.timings:
+        return Path(cfg.timings)
+    beside = Path(cfg.tokens).parent / "corpus" / TIMINGS_FILE
+    return beside if beside.is_file() else None
+
+
+def timing_error(corpus: TokenCorpus, timings: dict[str, UtteranceTimings]) -> dict[str, float]:
+    """How far the durations on disk put each phoneme's start from its true start, in frames, over the
+    utterances that have timings (an utterance whose text differs from the timings' is another one)."""
+    if not corpus.has_durations:
+        raise ValueError(f"{corpus.directory} has no durations to check; align it first")
+    matches = []
+    for i, record in enumerate(corpus.records):
+        truth = timings.get(record.id)
+        if truth is None or truth.text != record.text:
+            continue
+        item = corpus[i]
+        symbols = corpus.vocab.decode(item.text.tolist())
+        matches.append(boundary_errors(symbols, item.durations.tolist(), truth.phonemes, corpus.frame_rate))
+    return summarize_boundary_errors(matches)
+
+
 def plot_alignment(aligner: Aligner, corpus: TokenCorpus, path: Path) -> None:
     import matplotlib
 
@@ -201,9 +245,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for shard in {r.shard for r in corpus.records}:  # durations of an earlier aligner are stale now
             durations_path(corpus.directory, shard).unlink(missing_ok=True)
     stats = write_all_durations(aligner, TokenCorpus.open(cfg.tokens), cfg.max_frames)
+    timings_path = find_timings(cfg)
+    if timings_path is not None:
+        stats |= timing_error(TokenCorpus.open(cfg.tokens), read_timings(timings_path))
+        if not stats["utterances_with_timings"]:
+            print(f"alignment: no utterance of {cfg.tokens} has its phoneme timings in {timings_path}")
     plot_alignment(aligner, corpus, run_dir / "alignment.png")
     (run_dir / "alignment.json").write_text(json.dumps(stats, indent=2) + "\n")
-    print("alignment: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+    print("alignment: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
     return stats
 
 

@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def phonemized(utterances: list[Utterance], sample_rate: int, max_seconds: float,
-               table: PhonemeTable | None = None) -> tuple[PhonemizedUtterances, PhonemeTable]:
+def phonemized(utterances: list[Utterance], sample_rate: int, max_seconds: float, table: PhonemeTable | None = None,
+               cache: bool = False) -> tuple[PhonemizedUtterances, PhonemeTable]:
     """Whole utterances with their transcripts' phonemes, and the phoneme table (built here unless given)."""
     phonemizer = Phonemizer(with_stress=False)
     tokens: list[list[str]] = [[] for _ in utterances]
@@ -105,7 +105,7 @@ def phonemized(utterances: list[Utterance], sample_rate: int, max_seconds: float
         for i, phonemes in zip(positions, phonemizer.phonemize([utterances[i].text for i in positions], language)):
             tokens[i] = phonemes
     table = table or PhonemeTable(tokens)
-    return PhonemizedUtterances(utterances, [table.encode(t) for t in tokens], sample_rate, max_seconds), table
+    return PhonemizedUtterances(utterances, [table.encode(t) for t in tokens], sample_rate, max_seconds, cache), table
 
 
 @torch.no_grad()
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> Path:
     probe = phonetic_loader = dev_phonemized = None
     generator_parameters = list(codec.parameters())
     if cfg.loss_weights.phonetic > 0:
-        phonetic_set, table = phonemized(train_set.utterances, sr, cfg.phonetic_max_seconds)
+        phonetic_set, table = phonemized(train_set.utterances, sr, cfg.phonetic_max_seconds, cache=cfg.cache_audio)
         dev_phonemized, _ = phonemized(dev_set.utterances, sr, cfg.phonetic_max_seconds, table)
         phonetic_loader = DataLoader(phonetic_set, batch_size=cfg.phonetic_batch_size, shuffle=True, drop_last=True,
                                      collate_fn=partial(collate_phonemized, hop_length=cfg.model.hop_length))

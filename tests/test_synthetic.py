@@ -13,6 +13,8 @@ import soundfile as sf
 
 from data.espeak import EspeakSynthesizer, VoiceSettings, espeak_synthesizer, find_espeak
 from data.manifest import Utterance
+from data.phoneme_timings import PAUSE, TIMINGS_FILE, base_phoneme, is_phone_token, match_phonemes, read_timings
+from data.phonemes import Phonemizer
 from data.sentences import MAX_WORDS, MIN_WORDS, generate_sentences
 from data.synthetic import (
     DEFAULT_NUM_SPEAKERS,
@@ -24,6 +26,7 @@ from data.synthetic import (
     flite_available,
     plan_speakers,
     render,
+    render_with_timings,
 )
 
 TINY_HOURS, TINY_SPEAKERS = 0.01, 4  # 36 s of audio, 9 s per speaker
@@ -163,6 +166,34 @@ def test_different_speakers_sound_different() -> None:
     assert f0[1] > 1.3 * f0[0]
 
 
+def test_phoneme_timings_follow_the_audio() -> None:
+    text = "After the storm, the old fisherman sat by the harbour, and mended his nets."
+    for speaker in [calibrate_speaker(s) for s in plan_speakers(2, seed=0)]:
+        rendering = render_with_timings(speaker, text)
+        np.testing.assert_array_equal(rendering.audio, render(speaker, text))
+        duration = rendering.audio.size / SYNTHETIC_SAMPLE_RATE
+        _check_timings(rendering.phonemes, duration)
+
+        def loudness(p) -> float:
+            start, end = int(p.start * SYNTHETIC_SAMPLE_RATE), int(p.end * SYNTHETIC_SAMPLE_RATE)
+            return float(np.sqrt(np.mean(rendering.audio[start:end] ** 2)))
+
+        vowels = np.median([loudness(p) for p in rendering.phonemes if base_phoneme(p.phoneme) in set("æɔɪɛ")])
+        inside = [p for p in rendering.phonemes if p.phoneme == PAUSE and p.end < duration - 0.01]
+        commas = [p for p in inside if p.end - p.start > 0.08]
+        assert len(commas) == 2, inside  # the pauses of the two commas fall where the audio is silent
+        assert all(loudness(p) < 0.05 * vowels for p in commas)
+
+
+def _check_timings(phonemes, duration: float) -> None:
+    """In order, tiling the audio from the first phoneme to its end; speech starts within 0.25 s (0.1 s is kept)."""
+    assert phonemes and all(p.phoneme for p in phonemes)
+    assert 0 <= phonemes[0].start < 0.25 and phonemes[-1].end == pytest.approx(duration, abs=1e-4)
+    for previous, p in zip(phonemes, phonemes[1:]):
+        assert p.start < p.end and p.start == pytest.approx(previous.end, abs=1e-9)
+        assert not p.phoneme == previous.phoneme == PAUSE  # consecutive pauses are merged
+
+
 def _spectral_centroid(wav: np.ndarray, sample_rate: int) -> float:
     power = np.abs(np.fft.rfft(wav)) ** 2
     return float((power * np.fft.rfftfreq(wav.size, 1 / sample_rate)).sum() / power.sum())
@@ -230,6 +261,41 @@ def test_corpus_is_identical_for_the_same_seed_whatever_the_workers(corpora) -> 
     for a, b in zip(first, second):
         assert Path(a.audio_path).read_bytes() == Path(b.audio_path).read_bytes()
     assert (one / "speakers.json").read_text() == (two / "speakers.json").read_text()
+
+
+def test_corpus_records_the_phoneme_timings(corpora) -> None:
+    one, utterances, two, _ = corpora
+    timings = read_timings(one / TIMINGS_FILE)
+    assert list(timings) == [u.id for u in utterances]  # every utterance is eSpeak's here
+    assert (one / TIMINGS_FILE).read_bytes() == (two / TIMINGS_FILE).read_bytes()
+    phonemizer, matched, total = Phonemizer(), 0, 0
+    for utt in utterances:
+        truth = timings[utt.id]
+        assert truth.text == utt.text
+        _check_timings(truth.phonemes, utt.duration)
+        echo = [t for t in phonemizer.phonemize([utt.text])[0] if is_phone_token(t)]
+        spoken = [p.phoneme for p in truth.phonemes if p.phoneme != PAUSE]
+        matched, total = matched + len(match_phonemes(echo, spoken)), total + len(spoken)
+    assert matched > 0.9 * total  # eSpeak speaks what the text front-end reads, in four accents
+
+
+def test_corpus_build_adds_the_timings_an_older_build_lacks(corpora, tmp_path: Path) -> None:
+    source, first, _, _ = corpora
+    out_dir = tmp_path / "corpus"
+    shutil.copytree(source, out_dir)
+    stamps = {p: p.stat().st_mtime_ns for p in (out_dir / "audio").rglob("*.flac")}
+    (out_dir / TIMINGS_FILE).unlink()
+    again = build_synthetic_corpus(out_dir, TINY_HOURS, **TINY_OPTIONS)
+    assert [_record(u) for u in again] == [_record(u) for u in first]
+    assert (out_dir / TIMINGS_FILE).read_bytes() == (source / TIMINGS_FILE).read_bytes()
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # spoken again, not written again
+
+
+@pytest.mark.skipif(not flite_available(), reason="the flite program is not installed")
+def test_flite_utterances_have_no_timings(tmp_path: Path) -> None:
+    utterances = build_synthetic_corpus(tmp_path, 0.004, **{**TINY_OPTIONS, "num_speakers": 3, "use_flite": True})
+    espeak = [u.id for u in utterances if u.speaker != "spk002"]  # speaker 2 is flite's
+    assert len(espeak) < len(utterances) and list(read_timings(tmp_path / TIMINGS_FILE)) == espeak
 
 
 def _record(utt: Utterance) -> tuple:
