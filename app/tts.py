@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from app.chunking import MAX_CHARS, Chunk, split_text
 from app.prompt import prepare_prompt
@@ -334,19 +335,27 @@ class TTS:
                 codes1[b, : c.n_frames] = c.codes1.to(device)
             prompt = prompt_codes[None].expand(B, -1, -1)
             prompt_lengths = torch.full((B,), prompt.shape[2], dtype=torch.long, device=device)
-            codes = generate_nar(self.nar, text, text_lengths, prompt, prompt_lengths, codes1, lengths)  # [B, K, T]
+            codes, probabilities = generate_nar(self.nar, text, text_lengths, prompt, prompt_lengths, codes1, lengths,
+                                                return_probabilities=True)  # [B, K, T], [B, K, T, C]
             for b, c in enumerate(group):
                 c.codes = codes[b, :, : c.n_frames].cpu()
-                c.wav = self._decode(c.codes, prompt_codes)
+                c.wav = self._decode(probabilities[b, :, : c.n_frames], prompt_codes)
 
-    def _decode(self, codes: torch.Tensor, prompt_codes: torch.Tensor) -> np.ndarray:
-        """codes [K, T] -> float32 [T * hop], decoded after up to CONTEXT_SECONDS of the prompt."""
-        T = codes.shape[1]
+    def _decode(self, probabilities: torch.Tensor, prompt_codes: torch.Tensor) -> np.ndarray:
+        """probabilities [K, T, C] -> float32 [T * hop], decoded after up to CONTEXT_SECONDS of the prompt.
+
+        The codec decodes each codebook's expected code vector under the NAR model's distribution,
+        not its most likely code: where the NAR is unsure of a residual code (most of the time,
+        README: the error budget) the mean of its guesses keeps the voice that a wrong code spoils.
+        """
+        T = probabilities.shape[1]
         if T == 0:
             return np.zeros(0, dtype=np.float32)
         P = prompt_codes.shape[1]
         context = prompt_codes[:, P - min(P, round(CONTEXT_SECONDS * self.frame_rate)) :]  # [K, C]
-        wav = self.codec.decode(torch.cat([context, codes.to(self.device)], 1)[None])[0, 0]  # [(C + T) * hop]
+        known = F.one_hot(context, self.codec.codebook_size).float()  # [K, C, codebook_size]
+        mixed = torch.cat([known, probabilities.to(self.device, torch.float32)], 1)  # [K, C + T, codebook_size]
+        wav = self.codec.decode_expected(mixed[None])[0, 0]  # [(C + T) * hop]
         hop = self.codec.hop_length
         return wav[context.shape[1] * hop :][: T * hop].float().cpu().numpy().astype(np.float32)
 

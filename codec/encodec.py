@@ -198,6 +198,18 @@ class EncodecCodec(Codec):
         decoded = self.model.decode(codes[None], [None], return_dict=True)
         return decoded.audio_values.float()
 
+    @torch.no_grad()
+    def decode_expected(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """probabilities [B, K, F, C] -> float32 audio [B, 1, F * hop_length] from each codebook's expected vector."""
+        self.check_probabilities(probabilities)
+        if probabilities.shape[2] == 0:
+            raise ValueError("codec.decode_expected got no frames (F = 0)")
+        layers = self.model.quantizer.layers
+        weight = layers[0].codebook.embed
+        probabilities = probabilities.to(device=weight.device, dtype=weight.dtype)
+        latent = sum(probabilities[:, k] @ layers[k].codebook.embed for k in range(probabilities.shape[1]))
+        return self.model.decoder(latent.transpose(1, 2)).float()  # as EnCodec decodes one chunk, without scale
+
 
 # ---------------------------------------------------------------------- helpers
 

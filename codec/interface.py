@@ -79,6 +79,15 @@ class Codec(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def decode_expected(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """probabilities [B, K, F, C] over the codes of the first K codebooks -> wav [B, 1, F * hop_length].
+
+        Each codebook contributes the probability-weighted mean of its code vectors: the
+        least-squares guess of its vector when the code is uncertain (the NAR model's residual
+        codebooks). One-hot distributions give `decode`'s audio.
+        """
+        raise NotImplementedError
+
     def save_pretrained(self, directory: str | Path) -> Path:
         raise NotImplementedError
 
@@ -97,6 +106,17 @@ class Codec(nn.Module):
             raise ValueError(
                 f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]"
             )
+
+
+    def check_probabilities(self, probabilities: torch.Tensor) -> None:
+        if probabilities.dim() != 4 or probabilities.shape[-1] != self.codebook_size:
+            raise ValueError(f"codec.decode_expected expects probabilities [B, K, F, {self.codebook_size}], "
+                             f"got shape {tuple(probabilities.shape)}")
+        if not 1 <= probabilities.shape[1] <= self.n_q:
+            raise ValueError(f"codec.decode_expected got {probabilities.shape[1]} codebooks; this codec has "
+                             f"1 to {self.n_q}")
+        if not probabilities.is_floating_point():
+            raise TypeError(f"codec.decode_expected expects float probabilities, got {probabilities.dtype}")
 
 
 def load_codec(path_or_hub_id: str | Path, **kwargs: Any) -> Codec:

@@ -220,6 +220,12 @@ class EchoCodec(Codec):
         self.check_codes(codes)
         return self.decoder(self.quantizer.decode(codes))
 
+    @torch.no_grad()
+    def decode_expected(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """probabilities [B, K, F, C] -> wav [B, 1, F * hop_length], each codebook's expected code vector decoded."""
+        self.check_probabilities(probabilities)
+        return self.decoder(self.quantizer.decode_expected(probabilities))
+
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -386,6 +386,16 @@ class ResidualVectorQuantizer(nn.Module):
             z_q = z_q + self.layers[k].decode(codes[:, k])
         return self.running_mean[:, None] + self.running_std[:, None] * z_q
 
+    def decode_expected(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """probabilities [B, K, T, C] over the first K codebooks' codes -> z_q [B, D, T] from each codebook's
+        expected code vector (`decode` for one-hot distributions)."""
+        B, K, T, _ = probabilities.shape
+        self._check_n_q(K)
+        z_q = self.layers[0].embedding.new_zeros(B, self.dim, T)
+        for k in range(K):
+            z_q = z_q + (probabilities[:, k].to(z_q.dtype) @ self.layers[k].embedding).transpose(1, 2)
+        return self.running_mean[:, None] + self.running_std[:, None] * z_q
+
     @torch.no_grad()
     def _standardization(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (mean [D, 1], std [D, 1]) to standardize z [B, D, T] with; updates the running ones in training."""

@@ -319,13 +319,16 @@ def generate_nar(
     *,
     temperature: float = 0.0,
     generator: Generators = None,
-) -> torch.Tensor:
+    return_probabilities: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fill codebooks 2..K, one stage at a time, each from the codebooks below it.
 
     codes1 [B, T] or [B, 1, T]: codebook 1 (e.g. `ARResult.codes`), lengths [B] frames per item
     (0 is allowed: the item gets no codes). temperature 0 takes the most likely code; above 0
     samples from softmax(logits / temperature) with `generator` (one, or one per item).
     Returns LongTensor [B, K, T]: codebook 1 as given, the rest 0 after each item's length.
+    With `return_probabilities`, also float32 [B, K, T, C]: the model's distribution over each
+    frame's code in codebooks 2..K, one-hot for codebook 1 (for `Codec.decode_expected`).
     """
     if model.training:
         raise ValueError("generate_nar needs the model in eval mode (dropout would make it random): call model.eval()")
@@ -342,8 +345,10 @@ def generate_nar(
     generators = _generators(generator, B)
     codes = codes1.new_zeros(B, K, T, dtype=torch.long)  # [B, K, T]
     codes[:, 0] = codes1
+    probabilities = torch.zeros(B, K, T, model.config.codebook_size, device=codes.device) if return_probabilities \
+        else None
     if B == 0 or T == 0:
-        return codes
+        return (codes, probabilities) if return_probabilities else codes
     real = frame_mask(lengths.to(codes.device), T)  # [B, T]
     model_lengths = lengths.clamp(min=1)  # the model needs a frame; an empty item's outputs are dropped
     for j in model.config.stages:
@@ -358,4 +363,9 @@ def generate_nar(
             flat = apply_temperature(logits.float().flatten(0, 1), temperature)  # [B T, C]
             tokens = sample(flat, generators).view(B, T)
         codes[:, j - 1] = tokens.masked_fill(~real, 0)
-    return codes
+        if probabilities is not None:
+            probabilities[:, j - 1] = logits.float().softmax(-1)
+    if probabilities is None:
+        return codes
+    probabilities[:, 0].scatter_(-1, codes[:, 0, :, None], 1.0)
+    return codes, probabilities

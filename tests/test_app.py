@@ -158,8 +158,10 @@ def test_long_text_is_spoken_sentence_by_sentence_in_one_batch(tts, prompt, monk
     assert len(result.wav) > len(single.wav) + 0.9 * SR
     for segment in result.segments:  # faded in and out
         assert abs(segment.wav[0]) < 1e-6 and abs(segment.wav[-1]) < 1e-6
-    # The first sentence is the same alone as in the batch: each item has its own generator.
-    assert np.array_equal(result.segments[0].wav, single.segments[0].wav)
+    # The first sentence is the same alone as in the batch: each item has its own generator. Its audio
+    # decodes the NAR's probabilities, which a padded batch changes in the last bits of float32.
+    assert torch.equal(result.segments[0].chosen.codes, single.segments[0].chosen.codes)
+    np.testing.assert_allclose(result.segments[0].wav, single.segments[0].wav, atol=1e-5)
 
 
 def test_best_of_keeps_the_candidate_the_scorers_prefer(tts, prompt):

@@ -139,3 +139,24 @@ def test_reconstruction_loss_falls_on_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("body", ["seanet", "istft"])
+def test_expected_code_vectors_decode_like_codes_and_mix_linearly(body):
+    torch.manual_seed(0)
+    overrides = {"architecture": "istft", "strides": (320,), "n_fft": 640, "width": 16, "depth": 1} \
+        if body == "istft" else {"channels": 4, "strides": (4, 5, 8), "dilations": (1,)}
+    codec = EchoCodec(CodecConfig(sample_rate=16000, latent_dim=8, n_q=3, codebook_size=16, **overrides)).eval()
+    codes = torch.randint(0, 16, (2, 3, 7))
+    one_hot = torch.nn.functional.one_hot(codes, 16).float()  # [B, K, F, C]
+    torch.testing.assert_close(codec.decode_expected(one_hot), codec.decode(codes), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(codec.decode_expected(one_hot[:, :1]), codec.decode(codes[:, :1]), atol=1e-5, rtol=1e-4)
+    # half one code, half another: the latent is the mean of the two codes' latents
+    other = (codes + 1) % 16
+    mixed = 0.5 * one_hot + 0.5 * torch.nn.functional.one_hot(other, 16).float()
+    expected = 0.5 * (codec.quantizer.decode(codes) + codec.quantizer.decode(other))
+    torch.testing.assert_close(codec.quantizer.decode_expected(mixed), expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="probabilities"):
+        codec.decode_expected(one_hot[..., :8])
+    with pytest.raises(ValueError, match="codebooks"):
+        codec.decode_expected(torch.cat([one_hot, one_hot[:, :1]], 1))

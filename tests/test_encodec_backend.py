@@ -119,6 +119,15 @@ def test_decode_accepts_fewer_codebooks_and_int16(codecs: dict[float, EncodecCod
     assert torch.equal(codec.decode(codes.to(torch.int16)), codec.decode(codes))  # token shards store int16
 
 
+def test_expected_code_vectors_decode_like_codes(codecs: dict[float, EncodecCodec]) -> None:
+    codec = codecs[max(codecs)]
+    codes = codec.encode(torch.randn(1, 1, codec.hop_length * 5) * 0.1)
+    one_hot = torch.nn.functional.one_hot(codes, codec.codebook_size).float()
+    torch.testing.assert_close(codec.decode_expected(one_hot), codec.decode(codes), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="probabilities"):
+        codec.decode_expected(one_hot[..., :2])
+
+
 def test_n_q_selects_bandwidth(encodec_dir: Path) -> None:
     assert EncodecCodec.from_pretrained(encodec_dir, n_q=4).bandwidth == 12.0
     assert EncodecCodec.from_pretrained(encodec_dir, bandwidth=3, n_q=1).n_q == 1

@@ -219,6 +219,20 @@ def test_generate_nar_fills_the_other_codebooks():
     assert torch.equal(alone[0], codes[0])
 
 
+def test_generate_nar_returns_the_distributions_it_chose_from():
+    model, x = nar(), inputs()
+    lengths = torch.tensor([6, 3, 6])
+    codes1 = torch.randint(0, C, (3, 6), generator=torch.Generator().manual_seed(2))
+    codes, probabilities = generate_nar(model, **x, codes1=codes1, lengths=lengths, return_probabilities=True)
+    assert torch.equal(codes, generate_nar(model, **x, codes1=codes1, lengths=lengths))
+    assert probabilities.shape == (3, K, 6, C) and probabilities.dtype == torch.float32
+    assert torch.allclose(probabilities.sum(-1), torch.ones(3, K, 6))
+    assert torch.equal(probabilities[:, 0], torch.nn.functional.one_hot(codes1, C).float())  # codebook 1 as given
+    real = torch.arange(6) < lengths[:, None]  # [B, T]
+    assert torch.equal(probabilities[:, 1:].argmax(-1)[real[:, None].expand(-1, K - 1, -1)],
+                       codes[:, 1:][real[:, None].expand(-1, K - 1, -1)])  # greedy: the most likely code
+
+
 def test_generate_nar_sampling_is_seeded():
     model, x = nar(), inputs()
     codes1, lengths = torch.randint(0, C, (3, 5), generator=torch.Generator().manual_seed(1)), torch.tensor([5, 5, 3])
