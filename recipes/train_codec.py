@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from functools import partial
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
