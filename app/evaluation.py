@@ -425,6 +425,28 @@ def wer_ratio_interval(items: Sequence[ItemResult], system: str, confidence: flo
     return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
 
 
+def word_error_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]], system: str,
+                      confidence: float = 0.9, rounds: int = 5000, seed: int = 0) -> tuple[float, float, float, int] | None:
+    """How much a system's word errors changed between two evaluations of the same items: the relative
+    change of the total (after / before - 1) and its paired bootstrap interval over the items they share.
+
+    before / after: item id -> that item's renderings, as in report.json (`word_errors` of each system).
+    Returns (change, low, high, items), or None when fewer than two shared items were heard in both.
+    """
+    pairs = [(before[i][system]["word_errors"], after[i][system]["word_errors"]) for i in sorted(set(before) & set(after))
+             if system in before[i] and system in after[i]
+             and before[i][system].get("word_errors") is not None and after[i][system].get("word_errors") is not None]
+    if len(pairs) < 2:
+        return None
+    errors = np.array(pairs, dtype=float)  # [items, 2]: before, after
+    draws = np.random.default_rng(seed).integers(0, len(pairs), (rounds, len(pairs)))
+    totals = errors[draws].sum(1)  # [rounds, 2]
+    changes = totals[:, 1] / np.maximum(totals[:, 0], 1) - 1
+    tail = (1 - confidence) / 2
+    change = errors[:, 1].sum() / max(errors[:, 0].sum(), 1) - 1
+    return float(change), float(np.quantile(changes, tail)), float(np.quantile(changes, 1 - tail)), len(pairs)
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 

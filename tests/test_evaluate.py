@@ -188,3 +188,37 @@ def test_evaluate_without_a_meter_still_reports(tiny_model_dir, corpus, tmp_path
     assert rendering["transcript"] is None and rendering["sim_own"] is None
     assert report["summary"]["espeak"]["synthesis_with_text"]["wer"] is None
     assert "n/a" in (out / "report.md").read_text()
+
+
+def test_word_error_change_is_paired_over_shared_items(capsys):
+    from app.evaluation import word_error_change
+
+    before = {f"u{i}": {"synthesis_with_text": {"word_errors": 4}, CODEC: {"word_errors": 2}} for i in range(10)}
+    after = {f"u{i}": {"synthesis_with_text": {"word_errors": 3}, CODEC: {"word_errors": 2}} for i in range(10)}
+    after["extra"] = {"synthesis_with_text": {"word_errors": 50}}  # not in `before`: not compared
+    change, low, high, items = word_error_change(before, after, "synthesis_with_text")
+    assert items == 10 and change == pytest.approx(-0.25) and low == pytest.approx(-0.25) and high == pytest.approx(-0.25)
+    assert word_error_change(before, after, CODEC)[:3] == (0.0, 0.0, 0.0)
+    assert word_error_change(before, after, "synthesis_without_text") is None  # never rendered
+    after["u0"]["synthesis_with_text"]["word_errors"] = 12  # one sentence got much worse
+    change, low, high, _ = word_error_change(before, after, "synthesis_with_text")
+    assert change == pytest.approx(39 / 40 - 1)
+    assert low < change < high
+
+
+def test_compare_evaluations_recipe(tmp_path, capsys):
+    import compare_evaluations
+
+    def report(errors):
+        return {"items": [{"id": f"u{i}", "renderings": {GROUND_TRUTH: {"word_errors": 2},
+                                                         "synthesis_with_text": {"word_errors": e}}}
+                          for i, e in enumerate(errors)]}
+
+    (tmp_path / "a.json").write_text(json.dumps(report([4, 4, 4, 4])))
+    (tmp_path / "b.json").write_text(json.dumps(report([2, 2, 2, 2])))
+    lines = compare_evaluations.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert "| synthesis, with prompt text | 4 | -50.0% | [-50.0%, -50.0%] |" in lines
+    assert "| ground truth | 4 | +0.0% |" in "\n".join(lines)
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a report.json"):
+        compare_evaluations.main([str(tmp_path / "a.json"), str(tmp_path / "c.json")])
