@@ -6,7 +6,7 @@
 
 For each test utterance (the *target*), another utterance of the same speaker is the voice
 prompt (chosen deterministically), and the target's sentence is synthesized in that voice with
-and/or without the prompt's transcript. Every item is heard in up to four renderings (systems):
+and/or without the prompt's transcript. Every item is heard in up to six renderings (systems):
 
 - `ground_truth`: the target's own recording, the reference every number is read against;
 - `codec`: that recording through the model's codec with the LM's codebooks, the LM's ceiling;
@@ -417,9 +417,7 @@ def wer_ratio_interval(items: Sequence[ItemResult], system: str, confidence: flo
              and item.renderings[GROUND_TRUTH].word_errors is not None]
     if len(pairs) < 2:
         return None
-    errors = np.array(pairs, dtype=float)  # [items, 2]: synthesis, ground truth
-    draws = np.random.default_rng(seed).integers(0, len(pairs), (rounds, len(pairs)))
-    totals = errors[draws].sum(1)  # [rounds, 2]
+    totals = _resampled_totals(np.array(pairs, dtype=float), rounds, seed)  # [rounds, 2]: synthesis, ground truth
     ratios = totals[:, 0] / np.maximum(totals[:, 1], 1)
     tail = (1 - confidence) / 2
     return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
@@ -439,12 +437,18 @@ def word_error_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[st
     if len(pairs) < 2:
         return None
     errors = np.array(pairs, dtype=float)  # [items, 2]: before, after
-    draws = np.random.default_rng(seed).integers(0, len(pairs), (rounds, len(pairs)))
-    totals = errors[draws].sum(1)  # [rounds, 2]
+    totals = _resampled_totals(errors, rounds, seed)  # [rounds, 2]
     changes = totals[:, 1] / np.maximum(totals[:, 0], 1) - 1
     tail = (1 - confidence) / 2
     change = errors[:, 1].sum() / max(errors[:, 0].sum(), 1) - 1
     return float(change), float(np.quantile(changes, tail)), float(np.quantile(changes, 1 - tail)), len(pairs)
+
+
+def _resampled_totals(errors: np.ndarray, rounds: int, seed: int) -> np.ndarray:
+    """errors [items, 2] (two counts per item) -> their totals [rounds, 2] over items drawn with replacement,
+    both columns from the same draw: the paired bootstrap."""
+    draws = np.random.default_rng(seed).integers(0, len(errors), (rounds, len(errors)))
+    return errors[draws].sum(1)
 
 
 def _percent(value: float | None) -> str:

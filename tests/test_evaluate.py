@@ -222,3 +222,21 @@ def test_compare_evaluations_recipe(tmp_path, capsys):
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a report.json"):
         compare_evaluations.main([str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+
+
+def test_wer_ratio_interval_is_paired_with_the_ground_truth():
+    from app.evaluation import ItemResult, Rendering, wer_ratio_interval
+
+    def item(i, truth, synthesis):
+        result = ItemResult(f"u{i}", "s", "flite", "text", "p", "text", 3.0, 0)
+        result.renderings = {GROUND_TRUTH: Rendering(1.0, word_errors=truth, words=10),
+                             "synthesis_with_text": Rendering(1.0, word_errors=synthesis, words=10)}
+        return result
+
+    same_ratio = [item(i, e, 2 * e) for i, e in enumerate([1, 2, 3, 4, 5])]  # every sentence: twice the errors
+    assert wer_ratio_interval(same_ratio, "synthesis_with_text") == pytest.approx((2.0, 2.0))
+    mixed = [item(i, 2, e) for i, e in enumerate([1, 2, 3, 4, 5, 6])]
+    low, high = wer_ratio_interval(mixed, "synthesis_with_text")
+    assert low < 21 / 12 < high
+    assert wer_ratio_interval(mixed[:1], "synthesis_with_text") is None
+    assert wer_ratio_interval(mixed, "synthesis_without_text") is None
