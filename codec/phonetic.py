@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchaudio.functional import edit_distance
 
-from data.phonemes import PUNCTUATION, STRESS_MARKS, WORD_BOUNDARY
+from data.phonemes import is_phone_token
 
-SILENT_SYMBOLS = frozenset((*PUNCTUATION, *STRESS_MARKS, WORD_BOUNDARY))  # marks, not sounds
 BLANK = 0
 
 
@@ -32,7 +31,7 @@ class PhonemeTable:
     """Phoneme symbol <-> CTC class (1..n; 0 is the blank), built from phonemized transcripts."""
 
     def __init__(self, token_lists: Sequence[Sequence[str]]):
-        self.symbols = sorted({t for tokens in token_lists for t in tokens if t not in SILENT_SYMBOLS})
+        self.symbols = sorted({t for tokens in token_lists for t in tokens if is_phone_token(t)})
         if not self.symbols:
             raise ValueError("the transcripts have no phonemes: the phonetic loss needs transcribed speech")
         self.index = {symbol: i + 1 for i, symbol in enumerate(self.symbols)}

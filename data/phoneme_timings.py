@@ -45,7 +45,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from data.phonemes import PUNCTUATION, STRESS_MARKS, WORD_BOUNDARY
+from data.phonemes import STRESS_MARKS, WORD_BOUNDARY, is_phone_token
 
 TIMINGS_FILE = "phoneme_timings.jsonl"
 PAUSE = "_"
@@ -136,12 +136,6 @@ def base_phoneme(name: str) -> str:
 
 def _is_vowel(base: str) -> bool:
     return any(c in _VOWELS for c in base)
-
-
-def is_phone_token(symbol: str) -> bool:
-    """Whether an Echo text token is a sound: not a stress mark, word boundary, punctuation or special token."""
-    special = symbol.startswith("<") and symbol.endswith(">") and len(symbol) > 2
-    return not (special or symbol in STRESS_MARKS or symbol == WORD_BOUNDARY or symbol in PUNCTUATION)
 
 
 def match_phonemes(first: Sequence[str], second: Sequence[str]) -> list[tuple[int, int]]:

@@ -49,10 +49,7 @@ class AudioSegments(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if self.cache is not None:
-            if index not in self.cache:
-                wav, _ = load_audio(self.utterances[index].audio_path, self.sample_rate)
-                self.cache[index] = (wav.clamp(-1, 1) * 32767).round().to(torch.int16)
-            full = self.cache[index]
+            full = _read_cached(self.cache, index, self.utterances[index].audio_path, self.sample_rate)
             start = self._offset(full.shape[-1], self.segment_length)
             wav = full[:, start : start + self.segment_length].float() / 32767
         else:
@@ -93,12 +90,18 @@ class PhonemizedUtterances(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         targets = torch.tensor(self.targets[index], dtype=torch.long)
+        path = self.utterances[index].audio_path
         if self.cache is None:
-            return load_audio(self.utterances[index].audio_path, self.sample_rate)[0], targets
-        if index not in self.cache:  # 16-bit in memory, as AudioSegments' cache
-            wav, _ = load_audio(self.utterances[index].audio_path, self.sample_rate)
-            self.cache[index] = (wav.clamp(-1, 1) * 32767).round().to(torch.int16)
-        return self.cache[index].float() / 32767, targets
+            return load_audio(path, self.sample_rate)[0], targets
+        return _read_cached(self.cache, index, path, self.sample_rate).float() / 32767, targets
+
+
+def _read_cached(cache: dict[int, torch.Tensor], index: int, path: str, sample_rate: int) -> torch.Tensor:
+    """Utterance `index` as 16-bit samples [1, T], decoded on first use and kept in `cache`."""
+    if index not in cache:
+        wav, _ = load_audio(path, sample_rate)
+        cache[index] = (wav.clamp(-1, 1) * 32767).round().to(torch.int16)
+    return cache[index]
 
 
 def collate_phonemized(batch: list[tuple[torch.Tensor, torch.Tensor]], hop_length: int):

@@ -64,6 +64,10 @@ def test_phonemized_utterances_pad_to_whole_frames(tmp_path):
     wav, frames, targets, lengths = collate_phonemized([data[0], data[1]], hop_length=320)
     assert wav.shape == (2, 1, 52 * 320) and frames.tolist() == [25, 52]
     assert targets.tolist() == [[1, 2], [3, 0]] and lengths.tolist() == [2, 1]
+    cached = PhonemizedUtterances(utterances, [[1, 2], [3], [1]], 16000, max_seconds=6.0, cache=True)
+    for _ in range(2):  # decoded once, then from memory: the same samples to 16-bit precision
+        torch.testing.assert_close(cached[1][0], data[1][0], atol=1 / 32767, rtol=0)
+    assert list(cached.cache) == [1]
     with pytest.raises(ValueError, match="phonemes"):
         PhonemizedUtterances(utterances, [[], [], []], 16000, max_seconds=6.0)
 

@@ -17,12 +17,12 @@ from data.phoneme_timings import (
     UtteranceTimings,
     base_phoneme,
     boundary_errors,
-    is_phone_token,
     match_phonemes,
     read_timings,
     summarize_boundary_errors,
     write_timings,
 )
+from data.phonemes import is_phone_token
 from data.tokens import TokenCorpus, TokenShardWriter, write_durations
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))

@@ -13,7 +13,8 @@ import soundfile as sf
 
 from data.espeak import EspeakSynthesizer, VoiceSettings, espeak_synthesizer, find_espeak
 from data.manifest import Utterance
-from data.phoneme_timings import PAUSE, TIMINGS_FILE, base_phoneme, is_phone_token, match_phonemes, read_timings
+from data.phoneme_timings import PAUSE, TIMINGS_FILE, base_phoneme, match_phonemes, read_timings
+from data.phonemes import is_phone_token
 from data.phonemes import Phonemizer
 from data.sentences import MAX_WORDS, MIN_WORDS, generate_sentences
 from data.synthetic import (
