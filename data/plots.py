@@ -135,7 +135,7 @@ def plot_curves(
         if not points:
             continue
         xs, ys = zip(*points)
-        ax.plot(xs, ys, label=name, marker="o" if len(points) == 1 else None)
+        ax.plot(xs, ys, label=name, marker="o" if len(points) <= 12 else None)  # few points: show each
         all_positive &= min(ys) > 0
         plotted += 1
     if log_y and plotted and all_positive:

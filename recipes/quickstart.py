@@ -10,11 +10,13 @@ Stages, each calling a recipe's `main(argv)` in this process, into one run direc
     1 corpus    the built-in synthetic corpus               RUN/corpus/{train,dev,test}.jsonl
     2 codec     recipes/train_codec.py                      RUN/codec/model
     3 tokens    recipes/tokenize_corpus.py (train + dev)    RUN/tokens
-    4 lm        recipes/train_lm.py, AR and NAR             RUN/lm/model
-    5 export    the final model directory                   RUN/model (codec/, ar/, nar/, text/)
-    6 samples   held-out sentences in held-out voices       RUN/samples/*.wav, samples.json
-    7 evaluate  recipes/evaluate.py, when it exists         RUN/report/
-    8 report    time per stage, what was skipped, paths     RUN/report.md, RUN/quickstart.json
+    4 align     recipes/align.py: each frame's phoneme      RUN/aligner, durations into RUN/tokens
+    5 lm        recipes/train_lm.py, AR and NAR             RUN/lm/model (and RUN/lm/snapshots)
+    6 export    the final model directory                   RUN/model (codec/, ar/, nar/, text/)
+    7 samples   held-out sentences in held-out voices       RUN/samples/*.wav, samples.json
+    8 evaluate  recipes/evaluate.py, when it exists         RUN/report/
+    9 curve     the same on each AR snapshot                RUN/curve/learning_curve.json, *.png
+   10 report    time per stage, what was skipped, paths     RUN/report.md, RUN/quickstart.json
 
 Rerun and resume. RUN/quickstart.json records each stage: its status, wall seconds and the
 settings it ran with. A stage is finished when its record says "completed" with today's
@@ -164,6 +166,10 @@ class Paths:
     @property
     def evaluation(self) -> Path:
         return self.root / "report"
+
+    @property
+    def curve(self) -> Path:
+        return self.root / "curve"
 
     @property
     def report(self) -> Path:
@@ -374,7 +380,8 @@ def evaluate_unavailable() -> str | None:
     return None
 
 
-def run_evaluate(ctx: Context) -> dict[str, Any]:
+def evaluate_model(ctx: Context, model: Path, out: Path, plot_runs: bool = True) -> dict[str, Any]:
+    """recipes/evaluate.py on the held-out voices of the evaluated families -> its report.json."""
     from app.evaluation import read_voice_families
     from data.manifest import read_manifest
 
@@ -384,15 +391,62 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     p, c = ctx.paths, ctx.config.evaluate
-    argv = ["--model", str(p.model), "--manifest", str(p.corpus / "test.jsonl"), "--max-items", str(c.max_items),
-            "--out", str(p.evaluation), "--codec-run", str(p.codec), "--lm-run", str(p.lm)]
+    argv = ["--model", str(model), "--manifest", str(p.corpus / "test.jsonl"), "--max-items", str(c.max_items),
+            "--out", str(out)]
+    if plot_runs:
+        argv += ["--codec-run", str(p.codec), "--lm-run", str(p.lm)]
     held_out = {u.speaker for u in read_manifest(p.corpus / "test.jsonl")}
     engines = read_voice_families(p.corpus / "speakers.json")
     families = [f for f in c.families if any(engines.get(s) == f for s in held_out)]
-    result = module.main(argv + (["--families", *families] if families else []))
-    if isinstance(result, dict):  # keep its headline numbers, if it returns them
-        return {"metrics": {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}}
-    return {}
+    module.main(argv + (["--families", *families] if families else []))
+    return json.loads((out / "report.json").read_text())
+
+
+def run_evaluate(ctx: Context) -> dict[str, Any]:
+    report = evaluate_model(ctx, ctx.paths.model, ctx.paths.evaluation)
+    return {"metrics": {f"{system} {key}": value for system, target in report["targets"].items()
+                        for key, value in target.items() if key in ("wer_ratio", "sim_own", "separation")}}
+
+
+def run_curve(ctx: Context) -> dict[str, Any]:
+    """Evaluate the AR's snapshots (train_lm.py --snapshot_every) with the final codec and NAR: quality
+    against the minutes of training that led to each (codec, tokens, aligner, NAR, and the AR so far)."""
+    from data.plots import plot_curves
+    from train_lm import snapshots
+
+    p, records = ctx.paths, ctx.state["stages"]
+    before = sum(records[name]["seconds"] for name in ("codec", "tokens", "align"))
+    ar = snapshots(p.lm, "ar")
+    nar = snapshots(p.lm, "nar")
+    final_report = json.loads((p.evaluation / "report.json").read_text())
+    if not ar or not nar:  # no snapshots asked for: the final model is the only point
+        points = [(None, records["lm"]["seconds"], final_report)]
+    else:
+        points = []
+        for directory, info in ar:
+            if info["step"] == ar[-1][1]["step"]:  # the exported model: the evaluate stage measured it
+                report = final_report
+            else:
+                model = p.curve / f"ar-step-{info['step']}" / "model"
+                shutil.rmtree(model, ignore_errors=True)
+                shutil.copytree(p.model, model, ignore=lambda folder, names: ["ar"] if Path(folder) == p.model else [])
+                shutil.copytree(directory / "ar", model / "ar")
+                report = evaluate_model(ctx, model, model.parent / "report", plot_runs=False)
+                shutil.rmtree(model)  # a copy of the final model but for the AR snapshot, which stays in lm/
+            points.append((info["step"], nar[-1][1]["seconds"] + info["seconds"], report))
+    curve = [{"ar_step": step, "minutes": round((before + seconds) / 60, 1),
+              **{system: {k: target[k] for k in ("wer_ratio", "sim_own", "separation")}
+                 for system, target in report["targets"].items()}}
+             for step, seconds, report in points]
+    p.curve.mkdir(parents=True, exist_ok=True)
+    (p.curve / "learning_curve.json").write_text(json.dumps(curve, indent=2) + "\n")
+    for metric, label in (("wer_ratio", "WER / ground truth's"), ("sim_own", "similarity to own voice")):
+        series = {system: [(point["minutes"], point[system][metric]) for point in curve
+                           if point.get(system, {}).get(metric) is not None]
+                  for system in final_report["targets"]}
+        plot_curves(series, p.curve / f"learning_curve_{metric}.png", f"learning curve: {label}",
+                    xlabel="minutes of training (codec, tokens, aligner, NAR, AR)", ylabel=label)
+    return {"points": [{"ar_step": point["ar_step"], "minutes": point["minutes"]} for point in curve]}
 
 
 def run_report(ctx: Context) -> dict[str, Any]:
@@ -431,6 +485,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "measure intelligibility and voice similarity (recipes/evaluate.py)",
           ("corpus", "codec", "lm", "export"), home=lambda p: p.evaluation,
           outputs=lambda p: [p.evaluation], removes=lambda p: [p.evaluation], run=run_evaluate,
+          settings=lambda c: asdict(c.evaluate), unavailable=evaluate_unavailable, optional=True),
+    Stage("curve", "evaluate the AR's snapshots: quality against minutes of training",
+          ("corpus", "codec", "tokens", "align", "lm", "export", "evaluate"), home=lambda p: p.curve,
+          outputs=lambda p: [p.curve / "learning_curve.json"], removes=lambda p: [p.curve], run=run_curve,
           settings=lambda c: asdict(c.evaluate), unavailable=evaluate_unavailable, optional=True),
     Stage("report", "write the report", (), home=lambda p: p.report,  # reads whatever the other stages left
           outputs=lambda p: [p.report], removes=lambda p: [p.report], run=run_report),
@@ -583,6 +641,20 @@ def write_report(paths: Paths, state: dict[str, Any]) -> None:
     else:
         why = evaluation.get("reason") or evaluation.get("error") or evaluation.get("status", "not reached")
         lines.append(f"Not run: {why}.")
+    curve = paths.curve / "learning_curve.json"
+    if curve.is_file():
+        points = json.loads(curve.read_text())
+        systems = [key for key in points[0] if key not in ("ar_step", "minutes")] if points else []
+        lines += ["", "## Learning curve", "",
+                  "Each AR snapshot with the final codec and NAR, on the same held-out sentences; minutes of training "
+                  "of the codec, tokenization, aligner, NAR and the AR up to the snapshot.", "",
+                  "| AR step | minutes | " + " | ".join(f"{s}: WER ÷ GT | similarity" for s in systems) + " |",
+                  "|---|---|" + "---|---|" * len(systems)]
+        for point in points:
+            cells = [_figure(point[s]["wer_ratio"]) + " | " + _figure(point[s]["sim_own"]) for s in systems]
+            lines.append(f"| {point['ar_step'] or 'final'} | {point['minutes']} | " + " | ".join(cells) + " |")
+        lines += [""] + [f"![{f.stem}]({f.relative_to(paths.root).as_posix()})"
+                         for f in sorted(paths.curve.glob("learning_curve_*.png"))]
     lines += [
         "", "## Use the model", "", "```bash",
         f'echo-tts synthesize --model {paths.model} --text "Hello there." --prompt voice.wav --out out.wav',
@@ -592,6 +664,10 @@ def write_report(paths: Paths, state: dict[str, Any]) -> None:
         "```", "",
     ]
     paths.report.write_text("\n".join(lines))
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 # ---------------------------------------------------------------- main

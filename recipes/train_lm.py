@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -79,11 +80,14 @@ class TrainLMConfig:
     val_batches: int = 8
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
+    snapshot_every: int = 0  # also export the models every this many steps and at the end (learning curves); 0: never
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +214,28 @@ def export(cfg: TrainLMConfig, models: dict[str, PretrainedLM], corpus: TokenCor
     return model_dir
 
 
+def save_snapshot(models: dict[str, PretrainedLM], run_dir: Path, step: int, seconds: float) -> Path:
+    """snapshots/<stage>-step-<step>/: each model as `save_pretrained` writes it, and training.json
+    with the step and the wall seconds of training so far (over every resumed run)."""
+    stages = "+".join(models)
+    final = run_dir / "snapshots" / f"{stages}-step-{step:06d}"
+    tmp = final.with_name("." + final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for stage, model in models.items():
+        model.save_pretrained(tmp / stage)
+    (tmp / "training.json").write_text(json.dumps({"stages": list(models), "step": step,
+                                                   "seconds": round(seconds, 1)}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def snapshots(run_dir: str | Path, stage: str) -> list[tuple[Path, dict]]:
+    """The snapshots of `stage` (ar, nar or both) in `run_dir`, by step: [(directory, training.json)]."""
+    found = sorted(Path(run_dir, "snapshots").glob(f"{stage}-step-*/training.json"))
+    return [(path.parent, json.loads(path.read_text())) for path in found]
+
+
 def main(argv: list[str] | None = None) -> Path:
     args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(TrainLMConfig, args.preset, overrides, preset_dir=CONFIG_DIR / "lm")
@@ -267,6 +293,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     state = resume_from_checkpoint(accelerator, run_dir, checkpoints) if args.resume else None
     step = state["step"] if state else 0
+    seconds_before = state.get("seconds", 0.0) if state else 0.0  # training wall time of the earlier runs
+    started = time.perf_counter()
     if state:
         sampler.load_state_dict(state["sampler"])
         accelerator.print(f"resumed from step {step} (epoch {sampler.epoch}, batch {sampler.position})")
@@ -339,9 +367,14 @@ def main(argv: list[str] | None = None) -> Path:
                     (run_dir / f"validation-{cfg.stage}.json").write_text(json.dumps({"step": step, **result}, indent=2))
                 accelerator.wait_for_everyone()
 
+            seconds = seconds_before + time.perf_counter() - started
+            if cfg.snapshot_every and (step % cfg.snapshot_every == 0 or step == cfg.steps):
+                if accelerator.is_main_process:
+                    save_snapshot({s: accelerator.unwrap_model(m) for s, m in wrapped.items()}, run_dir, step, seconds)
+                accelerator.wait_for_everyone()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(
-                    accelerator, run_dir, step, {"sampler": sampler.state_dict(consumed=consumed)},
+                    accelerator, run_dir, step, {"sampler": sampler.state_dict(consumed=consumed), "seconds": seconds},
                     keep=cfg.keep_checkpoints, folder=checkpoints,
                 )  # fmt: skip
             if step >= cfg.steps:

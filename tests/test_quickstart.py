@@ -27,7 +27,12 @@ def main(argv):
     out = Path(argv[argv.index("--out") + 1])
     out.mkdir(parents=True, exist_ok=True)
     (out / "argv.json").write_text(json.dumps(argv))
-    return {"wer_ratio": 0.5, "plots": ["not a number"]}
+    model = Path(argv[argv.index("--model") + 1])
+    # A figure that tells the models apart: the curve must pair each snapshot with its own evaluation.
+    wer_ratio = 0.5 if model.name == "model" and model.parent.name == "run" else 0.9
+    targets = {"synthesis_with_text": {"wer_ratio": wer_ratio, "sim_own": 0.8, "separation": 0.2, "met": False}}
+    (out / "report.json").write_text(json.dumps({"targets": targets}))
+    return out
 '''
 
 
@@ -87,12 +92,25 @@ def test_the_tiny_quickstart_leaves_a_model_samples_and_a_report(tiny_run):
     assert argv[argv.index("--manifest") + 1] == str(run_dir / "corpus" / "test.jsonl")
     assert argv[argv.index("--max-items") + 1] == "2"
     assert argv[argv.index("--lm-run") + 1] == str(run_dir / "lm")
-    assert state["stages"]["evaluate"]["metrics"] == {"wer_ratio": 0.5}
+    assert state["stages"]["evaluate"]["metrics"] == {"synthesis_with_text wer_ratio": 0.5,
+                                                      "synthesis_with_text sim_own": 0.8,
+                                                      "synthesis_with_text separation": 0.2}
+
+    # The learning curve: the AR snapshot of step 200 evaluated with the final NAR, then the final model.
+    curve = json.loads((run_dir / "curve" / "learning_curve.json").read_text())
+    assert [point["ar_step"] for point in curve] == [200, 400]
+    assert [point["synthesis_with_text"]["wer_ratio"] for point in curve] == [0.9, 0.5]
+    assert 0 < curve[0]["minutes"] < curve[1]["minutes"]
+    snapshot_argv = json.loads((run_dir / "curve" / "ar-step-200" / "report" / "argv.json").read_text())
+    assert snapshot_argv[snapshot_argv.index("--model") + 1] == str(run_dir / "curve" / "ar-step-200" / "model")
+    assert (run_dir / "curve" / "learning_curve_wer_ratio.png").is_file()
+    assert not (run_dir / "curve" / "ar-step-200" / "model").exists()  # only the snapshot's evaluation stays
 
     report = (run_dir / "report.md").read_text()
     for name in quickstart.NAMES[:-1]:
         assert f"| {name} | completed |" in report
     assert "samples/00_" in report and "report/argv.json" in report and "wer_ratio: 0.5" in report
+    assert "## Learning curve" in report and "| 200 |" in report
 
 
 def test_a_rerun_skips_every_stage(tiny_run, evaluate_stub, capsys):
@@ -110,7 +128,7 @@ def test_a_deleted_lm_output_redoes_the_lm_and_what_follows(tiny_run, evaluate_s
     run_dir = copy_of(tiny_run, tmp_path)
     shutil.rmtree(run_dir / "lm" / "model")
     state = run_quickstart(run_dir, evaluate=evaluate_stub)
-    assert state["last_run"]["ran"] == ["lm", "export", "samples", "evaluate", "report"]
+    assert state["last_run"]["ran"] == ["lm", "export", "samples", "evaluate", "curve", "report"]
     assert list(state["last_run"]["skipped"]) == ["corpus", "codec", "tokens", "align"]
     assert state["stages"]["lm"]["resumed"] == ["ar", "nar"]  # from the final checkpoints: nothing retrained
     assert (run_dir / "model" / "nar" / "model.safetensors").is_file()
@@ -119,7 +137,7 @@ def test_a_deleted_lm_output_redoes_the_lm_and_what_follows(tiny_run, evaluate_s
 def test_from_stage_and_only_redo_what_they_name(tiny_run, evaluate_stub, tmp_path):
     run_dir = copy_of(tiny_run, tmp_path)
     state = run_quickstart(run_dir, "--from-stage", "samples", evaluate=evaluate_stub)
-    assert state["last_run"]["ran"] == ["samples", "evaluate", "report"]
+    assert state["last_run"]["ran"] == ["samples", "evaluate", "curve", "report"]
 
     state = run_quickstart(run_dir, "--only", "samples", evaluate=evaluate_stub)
     assert state["last_run"]["ran"] == ["samples", "report"]
@@ -150,7 +168,8 @@ def test_without_evaluate_py_the_stage_is_skipped_with_its_reason(tiny_run, tmp_
     run_dir = copy_of(tiny_run, tmp_path)
     missing = tmp_path / "evaluate.py"
     state = run_quickstart(run_dir, "--from-stage", "evaluate", evaluate=missing)
-    assert state["last_run"]["skipped"] == {"evaluate": f"{missing} does not exist"} | {
+    assert state["last_run"]["skipped"] == {"evaluate": f"{missing} does not exist",
+                                            "curve": f"{missing} does not exist"} | {
         name: "finished" for name in quickstart.NAMES[:7]}
     assert state["stages"]["evaluate"]["status"] == "skipped"
     assert f"Not run: {missing} does not exist" in (run_dir / "report.md").read_text()
