@@ -33,7 +33,7 @@ from data.manifest import Utterance
 logger = logging.getLogger(__name__)
 
 METRICS = ("pesq", "stoi", "si_sdr", "mel_distance")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 AudioSource = Utterance | tuple[str, str | Path | torch.Tensor | np.ndarray]
 
@@ -271,17 +271,7 @@ def evaluate_codec(
                     decode_time[n] += seconds
                     y = y.float().cpu()[0, 0, :T]
                     ref = wav[0, : y.shape[-1]]
-                    rows.append(
-                        ItemScores(
-                            id=item_id,
-                            n_q=n,
-                            duration=T / sr,
-                            pesq=pesq_wb(ref, y, sr),
-                            stoi=stoi(ref, y, sr),
-                            si_sdr=si_sdr(ref, y),
-                            mel_distance=_mel_distance(ref, y, sr),
-                        )
-                    )
+                    rows.append(ItemScores(id=item_id, n_q=n, duration=T / sr, **_scores(ref, y, sr)))
                     if item_id in examples:
                         examples[item_id][reconstruction_label(codec, n)] = y
     finally:
@@ -312,6 +302,46 @@ def evaluate_codec(
         skipped=skipped,
         examples=examples,
     )
+
+
+def _scores(ref: torch.Tensor, y: torch.Tensor, sr: int) -> dict[str, float]:
+    """Every metric of METRICS for a reconstruction y of ref (both [T] at sr)."""
+    return {"pesq": pesq_wb(ref, y, sr), "stoi": stoi(ref, y, sr), "si_sdr": si_sdr(ref, y),
+            "mel_distance": _mel_distance(ref, y, sr)}
+
+
+def evaluate_codec2(audio: Iterable[AudioSource], modes: Sequence[str], sample_rate: int) -> list[dict[str, Any]]:
+    """The Codec 2 baseline (codec/codec2.py) on the same audio, scored as `evaluate_codec` scores a
+    bitrate (at `sample_rate`): per mode {"mode", "kbps", and the mean of each of METRICS}."""
+    from codec.codec2 import CODEC2_MODES, codec2_programs, codec2_roundtrip
+
+    codec2_programs()  # fail before any work when the programs are missing
+    waves = []
+    for item in audio:
+        item_id, source = _id_and_source(item)
+        try:
+            waves.append(_load(source, sample_rate)[0])
+        except (AudioError, FileNotFoundError) as e:
+            logger.warning("skipping %s: %s", item_id, e)
+    if not waves:
+        raise ValueError("evaluate_codec2 got no audio it could read")
+    results = []
+    for mode in modes:
+        scores = [_scores(wav, codec2_roundtrip(wav, sample_rate, mode), sample_rate)
+                  for wav in tqdm(waves, desc=f"Codec 2 {mode}", unit="item", disable=None)]
+        means = {m: _nanmean(np.array([row[m] for row in scores], dtype=np.float64)) for m in METRICS}
+        results.append(finite_or_none({"mode": mode, "kbps": CODEC2_MODES[mode] / 1000, **means}))
+    return results
+
+
+def codec2_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """The Codec 2 baseline as a table shaped like `CodecReport.to_markdown`'s."""
+    lines = ["| Codec 2 mode | kbps | PESQ | STOI | mel dist | SI-SDR (dB) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        cells = [_fmt(math.nan if r[m] is None else r[m], d) for m, d in (("pesq", 2), ("stoi", 3),
+                                                                          ("mel_distance", 3), ("si_sdr", 1))]
+        lines.append(f"| {r['mode']} | {r['kbps']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _mel_distance(ref: torch.Tensor, deg: torch.Tensor, sr: int) -> float:

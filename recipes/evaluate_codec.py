@@ -2,6 +2,7 @@
 
     python recipes/evaluate_codec.py --codec runs/quickstart/codec --manifest runs/quickstart/corpus/dev.jsonl
     python recipes/evaluate_codec.py --codec facebook/encodec_24khz --wav-dir my_wavs --n-q 32 8 2 1
+    python recipes/evaluate_codec.py --codec runs/quickstart/codec/model --wav-dir human_speech --codec2 1600 1200 700C
     python recipes/evaluate_codec.py --codec runs/quickstart/codec/model \
         --manifest runs/quickstart/corpus/test.jsonl --families flite --max-items 36 --asr pocketsphinx
 
@@ -23,7 +24,8 @@ import torch
 
 from app.evaluation import read_voice_families
 from app.meters import ErrorCount, load_asr, word_errors
-from codec.evaluation import audio_files, evaluate_codec, write_examples
+from codec.codec2 import CODEC2_MODES
+from codec.evaluation import audio_files, codec2_markdown, evaluate_codec, evaluate_codec2, write_examples
 from codec.interface import load_codec
 from data.manifest import Utterance, read_manifest
 
@@ -53,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--families", nargs="+", default=None,
                         help="with --manifest: only voices of these families in the corpus' speakers.json "
                              "(e.g. flite, which pocketsphinx reads best)")
+    parser.add_argument("--codec2", nargs="+", default=None, metavar="MODE",
+                        help="also score Codec 2 on the same audio at these modes, e.g. 3200 1600 1200 700C 450 "
+                             "(needs its programs: sudo apt-get install codec2)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     if (args.asr != "none" or args.families) and args.manifest is None:
@@ -61,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--max-items must be at least 1, got {args.max_items}")
     if args.examples < 0:
         parser.error(f"--examples must be 0 or more, got {args.examples}")
+    unknown = [mode for mode in args.codec2 or () if mode not in CODEC2_MODES]
+    if unknown:
+        parser.error(f"unknown Codec 2 modes {unknown}: choose from {', '.join(CODEC2_MODES)}")
     return args
 
 
@@ -94,6 +102,10 @@ def main(argv: list[str] | None = None) -> Path:
         markdown += f"\nWER over {len(audio)} utterances, ASR: {asr.name}.\n"
         kept = list(report.examples)[: args.examples]
         report.examples = {k: report.examples[k] for k in kept}
+    if args.codec2:
+        data["codec2"] = evaluate_codec2(audio, args.codec2, codec.sample_rate)
+        markdown += "\nCodec 2 on the same audio (8 kHz, resampled back; the reference programs c2enc / c2dec):\n\n"
+        markdown += codec2_markdown(data["codec2"])
     (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(f"# Codec evaluation: {args.codec}\n\n{markdown}")
     write_examples(report, codec.sample_rate, out / "examples")
