@@ -35,7 +35,7 @@ from codec.losses import (
     waveform_l1_loss,
 )
 from codec.model import CodecConfig, EchoCodec
-from codec.phonetic import PhonemeTable, PhoneticProbe
+from codec.phonetic import PhonemeTable, PhoneticProbe, quantizer_frozen
 from data.audio import write_audio
 from data.manifest import Utterance, read_manifest
 from data.phonemes import Phonemizer
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> Path:
             }
             if probe is not None:
                 utterances, frames, targets, target_lengths = next(phonetic_batches)
-                z_q = codec(utterances, n_q=1, decode=False).quantizer.z_q  # codebook 1, straight-through
+                with quantizer_frozen(accelerator.unwrap_model(codec).quantizer):  # padded: leave its statistics
+                    z_q = codec(utterances, n_q=1, decode=False).quantizer.z_q  # codebook 1, straight-through
                 losses["phonetic"] = probe(z_q, frames, targets, target_lengths)
             if use_gan:
                 # The generator's loss goes through a frozen, unwrapped discriminator: its gradient must

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from codec.model import CodecConfig, EchoCodec
-from codec.phonetic import BLANK, PhonemeTable, PhoneticProbe
+from codec.phonetic import BLANK, PhonemeTable, PhoneticProbe, quantizer_frozen
 from data.manifest import Utterance
 from data.segments import PhonemizedUtterances, collate_phonemized
 
@@ -49,6 +49,23 @@ def test_the_ctc_gradient_reaches_the_encoder_through_the_quantizer():
     z_q = codec(torch.randn(2, 1, 3200) * 0.1, n_q=1, decode=False).quantizer.z_q
     probe(z_q, torch.tensor([10, 8]), torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([3, 2])).backward()
     assert codec.encoder.project.weight.grad.abs().sum() > 0
+
+
+def test_the_probes_pass_leaves_the_quantizer_statistics_and_codebooks_alone():
+    codec = EchoCodec(CodecConfig(sample_rate=16000, architecture="istft", strides=(320,), n_fft=640, width=16,
+                                  depth=1, latent_dim=8, n_q=2, codebook_size=16)).train()
+    codec(torch.randn(2, 1, 6400) * 0.1)  # a reconstruction step: initializes the codebooks and statistics
+    before = {name: buffer.clone() for name, buffer in codec.quantizer.named_buffers()}
+    padded = torch.cat([torch.randn(2, 1, 3200) * 0.1, torch.zeros(2, 1, 6400)], -1)  # mostly padding
+    probe = PhoneticProbe(8, n_phonemes=5)
+    with quantizer_frozen(codec.quantizer):
+        z_q = codec(padded, n_q=1, decode=False).quantizer.z_q
+    probe(z_q, torch.tensor([10, 8]), torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([3, 2])).backward()
+    assert codec.quantizer.training and codec.encoder.project.weight.grad.abs().sum() > 0
+    for name, buffer in codec.quantizer.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    codec(padded)  # outside the block the same batch moves them: the test would see a leak
+    assert not torch.equal(codec.quantizer.running_std, before["running_std"])
 
 
 def test_phonemized_utterances_pad_to_whole_frames(tmp_path):
