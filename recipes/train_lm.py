@@ -10,7 +10,8 @@ keeps its own checkpoints); `--stage both` trains the two side by side on the sa
 Any config key can be overridden: `--steps 2000 --ar.n_layers 6 --prompt.mode prefix`.
 The run directory receives config.yaml, TensorBoard logs, checkpoints-<stage>/ and, at the
 end, the exported model in `model/` (ar/, nar/, text/ and, with --codec, codec/), the
-directory `app.TTS.from_pretrained` loads.
+directory `app.TTS.from_pretrained` loads. With `--snapshot_every N` the models are also
+exported every N steps into snapshots/ (learning curves: recipes/quickstart.py's curve stage).
 """
 
 from __future__ import annotations
@@ -215,8 +216,9 @@ def export(cfg: TrainLMConfig, models: dict[str, PretrainedLM], corpus: TokenCor
 
 
 def save_snapshot(models: dict[str, PretrainedLM], run_dir: Path, step: int, seconds: float) -> Path:
-    """snapshots/<stage>-step-<step>/: each model as `save_pretrained` writes it, and training.json
-    with the step and the wall seconds of training so far (over every resumed run)."""
+    """snapshots/<stages>-step-<step>/ (stages "ar", "nar" or "ar+nar"): each model as `save_pretrained`
+    writes it, and training.json with the step and the wall seconds of training so far (over every
+    resumed run, validation included)."""
     stages = "+".join(models)
     final = run_dir / "snapshots" / f"{stages}-step-{step:06d}"
     tmp = final.with_name("." + final.name + ".tmp")
@@ -231,7 +233,7 @@ def save_snapshot(models: dict[str, PretrainedLM], run_dir: Path, step: int, sec
 
 
 def snapshots(run_dir: str | Path, stage: str) -> list[tuple[Path, dict]]:
-    """The snapshots of `stage` (ar, nar or both) in `run_dir`, by step: [(directory, training.json)]."""
+    """The snapshots of `stage` ("ar", "nar" or "ar+nar") in `run_dir`, by step: [(directory, training.json)]."""
     found = sorted(Path(run_dir, "snapshots").glob(f"{stage}-step-*/training.json"))
     return [(path.parent, json.loads(path.read_text())) for path in found]
 
