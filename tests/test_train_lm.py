@@ -80,7 +80,7 @@ def test_presets_load():
 def test_both_stages_are_killed_resume_and_export(workspace, tmp_path):
     run_dir = tmp_path / "run"
     process = train(workspace, run_dir, "--steps", "1000", "--checkpoint_every", "2", "--val_every", "1000",
-                    "--codec", str(workspace / "codec"))
+                    "--snapshot_every", "2", "--codec", str(workspace / "codec"))
     deadline = time.time() + 240
     folder = "checkpoints-both"
     while not checkpoint_dirs(run_dir, folder) or checkpoint_dirs(run_dir, folder)[-1].name == "step-2":
@@ -99,8 +99,19 @@ def test_both_stages_are_killed_resume_and_export(workspace, tmp_path):
     assert refused.returncode != 0 and "pass --resume" in output
 
     last = state["step"]
-    output = finish(train(workspace, run_dir, "--steps", str(last + 4), "--resume", "--codec", str(workspace / "codec")))
+    output = finish(train(workspace, run_dir, "--steps", str(last + 4), "--resume", "--snapshot_every", "2",
+                          "--codec", str(workspace / "codec")))
     assert f"resumed from step {last}" in output
+
+    # Snapshots (learning curves): every 2 steps, with the training time counted across the kill.
+    from train_lm import snapshots
+
+    found = snapshots(run_dir, "ar+nar")
+    steps = [info["step"] for _, info in found]
+    assert steps[-3:] == [last, last + 2, last + 4] and steps == sorted(steps)
+    seconds = [info["seconds"] for _, info in found]
+    assert seconds == sorted(seconds) and seconds[-1] > state["seconds"] > 0
+    assert (found[-1][0] / "ar" / "model.safetensors").is_file() and (found[-1][0] / "nar" / "config.json").is_file()
     final = checkpoint_dirs(run_dir, folder)[-1]
     assert json.loads((final / "trainer_state.json").read_text())["step"] == last + 4
 
