@@ -426,6 +426,8 @@ def run_curve(ctx: Context) -> dict[str, Any]:
         for directory, info in ar:
             if info["step"] == ar[-1][1]["step"]:  # the exported model: the evaluate stage measured it
                 report = final_report
+            elif (p.curve / f"ar-step-{info['step']}" / "report" / "report.json").is_file():  # before an interruption
+                report = json.loads((p.curve / f"ar-step-{info['step']}" / "report" / "report.json").read_text())
             else:
                 model = p.curve / f"ar-step-{info['step']}" / "model"
                 shutil.rmtree(model, ignore_errors=True)

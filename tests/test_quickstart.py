@@ -164,6 +164,22 @@ def test_an_interrupted_stage_is_recorded_and_resumed(tiny_run, evaluate_stub, t
     assert state["stages"]["samples"]["status"] == "completed"
 
 
+def test_an_interrupted_curve_keeps_the_snapshots_it_evaluated(tiny_run, evaluate_stub, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    evaluated = run_dir / "curve" / "ar-step-200" / "report" / "argv.json"
+    before = evaluated.stat().st_mtime_ns
+    state = json.loads((run_dir / "quickstart.json").read_text())
+    state["stages"]["curve"]["status"] = "interrupted"  # as a kill after the first snapshot's evaluation leaves it
+    (run_dir / "quickstart.json").write_text(json.dumps(state))
+    (run_dir / "curve" / "learning_curve.json").unlink()
+
+    state = run_quickstart(run_dir, evaluate=evaluate_stub)
+    assert state["last_run"]["ran"] == ["curve", "report"]
+    assert evaluated.stat().st_mtime_ns == before  # not evaluated again
+    curve = json.loads((run_dir / "curve" / "learning_curve.json").read_text())
+    assert [point["synthesis_with_text"]["wer_ratio"] for point in curve] == [0.9, 0.5]
+
+
 def test_without_evaluate_py_the_stage_is_skipped_with_its_reason(tiny_run, tmp_path):
     run_dir = copy_of(tiny_run, tmp_path)
     missing = tmp_path / "evaluate.py"
