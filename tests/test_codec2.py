@@ -19,10 +19,19 @@ import torch
 from codec.codec2 import CODEC2_SAMPLE_RATE, Codec2Unavailable, codec2_roundtrip
 from codec.evaluation import evaluate_codec2
 from data.audio import resample, write_audio
-from test_codec_eval import speech_like, tiny_codec_dir  # noqa: F401  (a fixture)
+from codec.model import CodecConfig, EchoCodec
+from test_codec_eval import speech_like
 
 ROOT = Path(__file__).resolve().parents[1]
 PASS_THROUGH = "#!/bin/sh\n# usage: <program> MODE IN OUT\ncp \"$2\" \"$3\"\n"
+
+
+@pytest.fixture
+def tiny_codec_dir(tmp_path) -> Path:
+    torch.manual_seed(0)
+    config = CodecConfig(sample_rate=16000, architecture="istft", strides=(320,), n_fft=640, width=16, depth=1,
+                         latent_dim=8, n_q=2, codebook_size=16)
+    return EchoCodec(config).save_pretrained(tmp_path / "codec")
 
 
 @pytest.fixture
@@ -66,7 +75,7 @@ def test_evaluate_codec2_scores_each_mode(pass_through_codec2):
         assert 0.8 < r["stoi"] < 1.0 and r["mel_distance"] > 0
 
 
-def test_the_recipe_prints_codec2_beside_the_codec(pass_through_codec2, tiny_codec_dir, tmp_path, capsys):  # noqa: F811
+def test_the_recipe_prints_codec2_beside_the_codec(pass_through_codec2, tiny_codec_dir, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("evaluate_codec_codec2", ROOT / "recipes" / "evaluate_codec.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
