@@ -14,9 +14,8 @@ of a teacher model. The probe is a training aid: it is not part of the exported 
 
 The probe's forward pass runs on padded whole utterances, so it runs inside `quantizer_frozen`:
 the quantizer standardizes with its running statistics and leaves its codebooks alone, as in
-eval mode. Left in training mode, the padding and silences entered both, and over a long run
-the running standard deviation fell to 0.8x the latent's true one (0.57x in some channels):
-every evaluation encoded with the wrong scale while the training loss still fell.
+eval mode. Left in training mode, the padding entered both: after 3000 steps of the long preset
+the running standard deviation was 0.8x the latent's (0.57x in one channel; README, Codec).
 """
 
 from __future__ import annotations

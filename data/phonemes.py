@@ -69,13 +69,13 @@ class _ConcisePhonemizerWarnings(logging.Filter):
         return True
 
 
-@cache
 def is_phone_token(symbol: str) -> bool:
     """Whether an Echo text token is a sound: not a stress mark, word boundary, punctuation or special token."""
     special = symbol.startswith("<") and symbol.endswith(">") and len(symbol) > 2
     return not (special or symbol in STRESS_MARKS or symbol == WORD_BOUNDARY or symbol in PUNCTUATION)
 
 
+@cache
 def _configure_espeak() -> None:
     """Point phonemizer at the eSpeak NG library found by `find_espeak` (once, on first use)."""
     from phonemizer.backend.espeak.wrapper import EspeakWrapper

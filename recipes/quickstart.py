@@ -424,16 +424,17 @@ def run_curve(ctx: Context) -> dict[str, Any]:
     else:
         points = []
         for directory, info in ar:
+            home = p.curve / f"ar-step-{info['step']}"
             if info["step"] == ar[-1][1]["step"]:  # the exported model: the evaluate stage measured it
                 report = final_report
-            elif (p.curve / f"ar-step-{info['step']}" / "report" / "report.json").is_file():  # before an interruption
-                report = json.loads((p.curve / f"ar-step-{info['step']}" / "report" / "report.json").read_text())
+            elif (home / "report" / "report.json").is_file():  # evaluated before an interruption
+                report = json.loads((home / "report" / "report.json").read_text())
             else:
-                model = p.curve / f"ar-step-{info['step']}" / "model"
+                model = home / "model"
                 shutil.rmtree(model, ignore_errors=True)
                 shutil.copytree(p.model, model, ignore=lambda folder, names: ["ar"] if Path(folder) == p.model else [])
                 shutil.copytree(directory / "ar", model / "ar")
-                report = evaluate_model(ctx, model, model.parent / "report", plot_runs=False)
+                report = evaluate_model(ctx, model, home / "report", plot_runs=False)
                 shutil.rmtree(model)  # a copy of the final model but for the AR snapshot, which stays in lm/
             points.append((info["step"], nar[-1][1]["seconds"] + info["seconds"], report))
     curve = [{"ar_step": step, "minutes": round((before + seconds) / 60, 1),

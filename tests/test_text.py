@@ -334,3 +334,13 @@ def test_frontend_bpe_normalizes_numbers_for_english() -> None:
     corpus = [*_generated_corpus(200), "It costs $5.20 in 1984."]
     frontend = TextFrontend.build(corpus, languages="en-us", kind="bpe", bpe_vocab_size=120)
     assert not any(ch.isdigit() for piece in frontend.tokens("Pay $5.20 now.") for ch in piece)
+
+
+def test_espeak_is_configured_once_whatever_the_number_of_backends():
+    from data import phonemes
+
+    phonemes._create_backend("en-us", True)
+    phonemes._create_backend("en-us", False)
+    phonemes.espeak_languages()
+    concise = [f for f in phonemes._espeak_logger.filters if isinstance(f, phonemes._ConcisePhonemizerWarnings)]
+    assert len(concise) == 1
