@@ -3,6 +3,11 @@
     python recipes/train_codec.py --preset cpu --train_manifest runs/quickstart/corpus/train.jsonl
     accelerate launch recipes/train_codec.py --preset base --run_dir runs/codec-base   # GPUs, bf16
     python recipes/train_codec.py --preset cpu --resume          # go on from the last checkpoint
+    python recipes/train_codec.py --preset cpu --decoder_only_from runs/codec/model --run_dir runs/decoder
+
+With `--decoder_only_from`, a trained codec's encoder and quantizer stay frozen and only its
+decoder trains (as Vocos renders EnCodec's tokens): the tokens do not change, so token shards
+and language models made with that codec stay valid with the new decoder.
 
 Any config key can be overridden: `--steps 2000 --model.n_q 4 --loss_weights.mel 30`.
 The run directory receives config.yaml, TensorBoard logs, checkpoints, audio samples and,
@@ -15,6 +20,7 @@ import argparse
 import itertools
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,7 +47,7 @@ from data.manifest import Utterance, read_manifest
 from data.phonemes import Phonemizer
 from data.plots import spectrogram_image
 from data.segments import AudioSegments, PhonemizedUtterances, collate_phonemized
-from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, resume_from_checkpoint, save_checkpoint, save_config
+from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, parse_overrides, resume_from_checkpoint, save_checkpoint, save_config
 
 
 @dataclass
@@ -84,6 +90,7 @@ class TrainCodecConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     seed: int = 0
+    decoder_only_from: str = ""  # a trained codec: train only its decoder; its encoder and quantizer stay frozen
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +159,16 @@ def main(argv: list[str] | None = None) -> Path:
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     set_seed(cfg.seed)
+    decoder_only = bool(cfg.decoder_only_from)
+    if decoder_only and "model" in parse_overrides(overrides):
+        raise SystemExit("--decoder_only_from keeps the trained codec's architecture: drop the --model.* overrides")
+    if decoder_only:
+        codec = EchoCodec.from_pretrained(cfg.decoder_only_from).train()
+        codec.encoder.requires_grad_(False)
+        codec.quantizer.requires_grad_(False)
+        cfg.model = codec.config  # the trained codec's architecture: model.* overrides cannot change it
+    else:
+        codec = EchoCodec(cfg.model)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -167,11 +184,10 @@ def main(argv: list[str] | None = None) -> Path:
     if len(loader) == 0:
         raise SystemExit(f"{cfg.train_manifest} has {len(train_set)} utterances, fewer than one batch of {cfg.batch_size}")
 
-    codec = EchoCodec(cfg.model)
     discriminator = Discriminator(cfg.discriminator)
     probe = phonetic_loader = dev_phonemized = None
-    generator_parameters = list(codec.parameters())
-    if cfg.loss_weights.phonetic > 0:
+    generator_parameters = list((codec.decoder if decoder_only else codec).parameters())
+    if cfg.loss_weights.phonetic > 0 and not decoder_only:  # it trains the encoder, frozen here
         phonetic_set, table = phonemized(train_set.utterances, sr, cfg.phonetic_max_seconds, cache=cfg.cache_audio)
         dev_phonemized, _ = phonemized(dev_set.utterances, sr, cfg.phonetic_max_seconds, table)
         phonetic_loader = DataLoader(phonetic_set, batch_size=cfg.phonetic_batch_size, shuffle=True, drop_last=True,
@@ -211,13 +227,12 @@ def main(argv: list[str] | None = None) -> Path:
         wav = next(batches)  # [B, 1, T]
 
         with accelerator.accumulate(codec, discriminator, *([probe] if probe is not None else [])):
-            out = codec(wav)
+            with quantizer_frozen(accelerator.unwrap_model(codec).quantizer) if decoder_only else nullcontext():
+                out = codec(wav)
             recon = out.wav.float()
-            losses = {
-                "mel": multiscale_mel_loss(recon, wav, sr),
-                "waveform": waveform_l1_loss(recon, wav),
-                "commitment": out.commitment_loss,
-            }
+            losses = {"mel": multiscale_mel_loss(recon, wav, sr), "waveform": waveform_l1_loss(recon, wav)}
+            if not decoder_only:
+                losses["commitment"] = out.commitment_loss
             if probe is not None:
                 utterances, frames, targets, target_lengths = next(phonetic_batches)
                 with quantizer_frozen(accelerator.unwrap_model(codec).quantizer):  # padded: leave its statistics

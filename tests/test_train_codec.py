@@ -94,3 +94,22 @@ def test_train_is_killed_resumes_and_exports(corpus, tmp_path):
     assert codec.decode(codec.encode(wav)).shape == (1, 1, 3200)
     assert (run_dir / "config.yaml").is_file() and list((run_dir / "logs").rglob("events.out.tfevents*"))
     assert list((run_dir / "samples").glob("*.wav"))
+
+
+def test_decoder_only_training_changes_the_decoder_and_keeps_the_tokens(corpus, tmp_path):
+    finish(train(corpus, tmp_path / "base", "--steps", "3", "--val_every", "3"))
+    base_dir = str(tmp_path / "base" / "model")
+    refused = train(corpus, tmp_path / "refused", "--decoder_only_from", base_dir, "--model.n_q", "1")
+    output, _ = refused.communicate(timeout=300)
+    assert refused.returncode != 0 and "drop the --model.* overrides" in output
+
+    finish(train(corpus, tmp_path / "decoder", "--steps", "3", "--val_every", "3", "--decoder_only_from", base_dir))
+    base, tuned = load_codec(base_dir), load_codec(tmp_path / "decoder" / "model")
+    assert tuned.config == base.config
+    wav = torch.randn(1, 1, 3200) * 0.1
+    codes = base.encode(wav)
+    assert torch.equal(tuned.encode(wav), codes)  # token shards and LMs made with the base codec stay valid
+    assert not torch.allclose(tuned.decode(codes), base.decode(codes))
+    for name, value in base.state_dict().items():
+        if not name.startswith("decoder."):
+            assert torch.equal(tuned.state_dict()[name], value), f"{name} changed"
