@@ -9,14 +9,17 @@ Stages, each calling a recipe's `main(argv)` in this process, into one run direc
 
     1 corpus    the built-in synthetic corpus               RUN/corpus/{train,dev,test}.jsonl
     2 codec     recipes/train_codec.py                      RUN/codec/model
-    3 tokens    recipes/tokenize_corpus.py (train + dev)    RUN/tokens
-    4 align     recipes/align.py: each frame's phoneme      RUN/aligner, durations into RUN/tokens
-    5 lm        recipes/train_lm.py, AR and NAR             RUN/lm/model (and RUN/lm/snapshots)
-    6 export    the final model directory                   RUN/model (codec/, ar/, nar/, text/)
-    7 samples   held-out sentences in held-out voices       RUN/samples/*.wav, samples.json
-    8 evaluate  recipes/evaluate.py, when it exists         RUN/report/
-    9 curve     the same on each AR snapshot                RUN/curve/learning_curve.json, *.png
-   10 report    time per stage, what was skipped, paths     RUN/report.md, RUN/quickstart.json
+    3 decoder   train_codec.py --decoder_only_from: the     RUN/decoder/model
+                codec's decoder trains on, its tokens fixed
+    4 tokens    recipes/tokenize_corpus.py (train + dev)    RUN/tokens
+    5 align     recipes/align.py: each frame's phoneme      RUN/aligner, durations into RUN/tokens
+    6 lm        recipes/train_lm.py, AR and NAR             RUN/lm/model (and RUN/lm/snapshots)
+    7 export    the final model directory, with the         RUN/model (codec/, ar/, nar/, text/)
+                decoder's codec
+    8 samples   held-out sentences in held-out voices       RUN/samples/*.wav, samples.json
+    9 evaluate  recipes/evaluate.py, when it exists         RUN/report/
+   10 curve     the same on each AR snapshot                RUN/curve/learning_curve.json, *.png
+   11 report    time per stage, what was skipped, paths     RUN/report.md, RUN/quickstart.json
 
 Rerun and resume. RUN/quickstart.json records each stage: its status, wall seconds and the
 settings it ran with. A stage is finished when its record says "completed" with today's
@@ -80,6 +83,13 @@ class CodecSettings:
 
 
 @dataclass
+class DecoderSettings:
+    # The codec's decoder trains on with its encoder and quantizer frozen (as Vocos renders EnCodec's
+    # tokens): the tokens, hence the LMs, do not depend on this stage. The codec preset's settings but these.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TokensSettings:
     grouping: str = "frames"  # see recipes/tokenize_corpus.py --grouping
     batch_seconds: float = 60.0
@@ -118,6 +128,7 @@ class EvaluateSettings:
 class QuickstartConfig:
     corpus: CorpusSettings = field(default_factory=CorpusSettings)
     codec: CodecSettings = field(default_factory=CodecSettings)
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
     tokens: TokensSettings = field(default_factory=TokensSettings)
     align: AlignSettings = field(default_factory=AlignSettings)
     lm: LMSettings = field(default_factory=LMSettings)
@@ -142,6 +153,14 @@ class Paths:
     @property
     def codec_model(self) -> Path:
         return self.codec / "model"
+
+    @property
+    def decoder(self) -> Path:
+        return self.root / "decoder"
+
+    @property
+    def decoder_model(self) -> Path:
+        return self.decoder / "model"
 
     @property
     def tokens(self) -> Path:
@@ -250,6 +269,21 @@ def run_codec(ctx: Context) -> dict[str, Any]:
     return {"resumed": resume}
 
 
+def run_decoder(ctx: Context) -> dict[str, Any]:
+    import train_codec
+
+    p = ctx.paths
+    argv = ["--preset", ctx.config.codec.preset, "--decoder_only_from", str(p.codec_model),
+            "--train_manifest", str(p.corpus / "train.jsonl"), "--dev_manifest", str(p.corpus / "dev.jsonl"),
+            "--run_dir", str(p.decoder), *recipe_argv(ctx.config.decoder.overrides)]
+    resume = bool(checkpoint_dirs(p.decoder))
+    if resume:
+        argv.append("--resume")
+        print(f"continuing the decoder training from {checkpoint_dirs(p.decoder)[-1]}", flush=True)
+    train_codec.main(argv)
+    return {"resumed": resume}
+
+
 def run_tokens(ctx: Context) -> dict[str, Any]:
     import tokenize_corpus
 
@@ -296,6 +330,8 @@ def run_export(ctx: Context) -> dict[str, Any]:
     tmp = p.root / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(p.lm / "model", tmp)
+    shutil.rmtree(tmp / "codec")
+    shutil.copytree(p.decoder_model, tmp / "codec")  # the same tokens as the LMs' codec, a better decoder
     shutil.rmtree(p.model, ignore_errors=True)
     os.replace(tmp, p.model)  # the model directory appears whole or not at all
     size = sum(f.stat().st_size for f in p.model.rglob("*") if f.is_file())
@@ -410,12 +446,12 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
 
 def run_curve(ctx: Context) -> dict[str, Any]:
     """Evaluate the AR's snapshots (train_lm.py --snapshot_every) with the final codec and NAR: quality
-    against the minutes of training that led to each (codec, tokens, aligner, NAR, and the AR so far)."""
+    against the minutes of training that led to each (codec, decoder, tokens, aligner, NAR, and the AR so far)."""
     from data.plots import plot_curves
     from train_lm import snapshots
 
     p, records = ctx.paths, ctx.state["stages"]
-    before = sum(records[name]["seconds"] for name in ("codec", "tokens", "align"))
+    before = sum(records[name]["seconds"] for name in ("codec", "decoder", "tokens", "align"))
     ar = snapshots(p.lm, "ar")
     nar = snapshots(p.lm, "nar")
     final_report = json.loads((p.evaluation / "report.json").read_text())
@@ -448,7 +484,7 @@ def run_curve(ctx: Context) -> dict[str, Any]:
                            if point.get(system, {}).get(metric) is not None]
                   for system in final_report["targets"]}
         plot_curves(series, p.curve / f"learning_curve_{metric}.png", f"learning curve: {label}",
-                    xlabel="minutes of training (codec, tokens, aligner, NAR, AR)", ylabel=label)
+                    xlabel="minutes of training (codec, decoder, tokens, aligner, NAR, AR)", ylabel=label)
     return {"points": [{"ar_step": point["ar_step"], "minutes": point["minutes"]} for point in curve]}
 
 
@@ -469,6 +505,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("codec", "train the neural codec", ("corpus",), home=lambda p: p.codec_model,
           outputs=lambda p: [p.codec_model / "config.json", p.codec_model / "model.safetensors"],
           removes=lambda p: [p.codec], run=run_codec, settings=lambda c: asdict(c.codec)),
+    Stage("decoder", "train the codec's decoder on, its tokens fixed", ("corpus", "codec"),
+          home=lambda p: p.decoder_model,
+          outputs=lambda p: [p.decoder_model / "config.json", p.decoder_model / "model.safetensors"],
+          removes=lambda p: [p.decoder], run=run_decoder, settings=lambda c: asdict(c.decoder)),
     Stage("tokens", "encode and phonemize the train and dev utterances", ("corpus", "codec"), home=lambda p: p.tokens,
           outputs=lambda p: [p.tokens / "header.json"],
           removes=lambda p: [p.tokens], run=run_tokens, settings=lambda c: asdict(c.tokens)),
@@ -478,7 +518,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("lm", "train the AR and NAR language models", ("codec", "tokens", "align"), home=lambda p: p.lm / "model",
           outputs=lambda p: [p.lm / "model" / part for part in ("ar", "nar", "text", "codec")],
           removes=lambda p: [p.lm], run=run_lm, settings=lambda c: asdict(c.lm)),
-    Stage("export", "write the final model directory", ("lm",), home=lambda p: p.model,
+    Stage("export", "write the final model directory", ("lm", "decoder"), home=lambda p: p.model,
           outputs=lambda p: [p.model / "codec" / "config.json", p.model / "ar" / "model.safetensors",
                              p.model / "nar" / "model.safetensors", p.model / "text" / "text_vocab.json"],
           removes=lambda p: [p.model], run=run_export),
@@ -486,11 +526,11 @@ STAGES: tuple[Stage, ...] = (
           outputs=lambda p: [p.samples / "samples.json"],
           removes=lambda p: [p.samples], run=run_samples, settings=lambda c: asdict(c.samples)),
     Stage("evaluate", "measure intelligibility and voice similarity (recipes/evaluate.py)",
-          ("corpus", "codec", "lm", "export"), home=lambda p: p.evaluation,
+          ("corpus", "codec", "decoder", "lm", "export"), home=lambda p: p.evaluation,
           outputs=lambda p: [p.evaluation], removes=lambda p: [p.evaluation], run=run_evaluate,
           settings=lambda c: asdict(c.evaluate), unavailable=evaluate_unavailable, optional=True),
     Stage("curve", "evaluate the AR's snapshots: quality against minutes of training",
-          ("corpus", "codec", "tokens", "align", "lm", "export", "evaluate"), home=lambda p: p.curve,
+          ("corpus", "codec", "decoder", "tokens", "align", "lm", "export", "evaluate"), home=lambda p: p.curve,
           outputs=lambda p: [p.curve / "learning_curve.json"], removes=lambda p: [p.curve], run=run_curve,
           settings=lambda c: asdict(c.evaluate), unavailable=evaluate_unavailable, optional=True),
     Stage("report", "write the report", (), home=lambda p: p.report,  # reads whatever the other stages left

@@ -129,9 +129,19 @@ def test_a_deleted_lm_output_redoes_the_lm_and_what_follows(tiny_run, evaluate_s
     shutil.rmtree(run_dir / "lm" / "model")
     state = run_quickstart(run_dir, evaluate=evaluate_stub)
     assert state["last_run"]["ran"] == ["lm", "export", "samples", "evaluate", "curve", "report"]
-    assert list(state["last_run"]["skipped"]) == ["corpus", "codec", "tokens", "align"]
+    assert list(state["last_run"]["skipped"]) == ["corpus", "codec", "decoder", "tokens", "align"]
     assert state["stages"]["lm"]["resumed"] == ["ar", "nar"]  # from the final checkpoints: nothing retrained
     assert (run_dir / "model" / "nar" / "model.safetensors").is_file()
+
+
+def test_a_new_decoder_is_exported_without_training_the_lms_again(tiny_run, evaluate_stub, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    decoder = run_dir / "decoder" / "model" / "model.safetensors"
+    assert (run_dir / "model" / "codec" / "model.safetensors").read_bytes() == decoder.read_bytes()
+    shutil.rmtree(run_dir / "decoder")
+    state = run_quickstart(run_dir, evaluate=evaluate_stub)
+    assert state["last_run"]["ran"] == ["decoder", "export", "samples", "evaluate", "curve", "report"]
+    assert (run_dir / "model" / "codec" / "model.safetensors").read_bytes() == decoder.read_bytes()
 
 
 def test_from_stage_and_only_redo_what_they_name(tiny_run, evaluate_stub, tmp_path):
@@ -186,7 +196,7 @@ def test_without_evaluate_py_the_stage_is_skipped_with_its_reason(tiny_run, tmp_
     state = run_quickstart(run_dir, "--from-stage", "evaluate", evaluate=missing)
     assert state["last_run"]["skipped"] == {"evaluate": f"{missing} does not exist",
                                             "curve": f"{missing} does not exist"} | {
-        name: "finished" for name in quickstart.NAMES[:7]}
+        name: "finished" for name in quickstart.NAMES[:8]}
     assert state["stages"]["evaluate"]["status"] == "skipped"
     assert f"Not run: {missing} does not exist" in (run_dir / "report.md").read_text()
 
