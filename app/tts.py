@@ -12,7 +12,7 @@ The path of one call:
 2. the text is split into chunks, about a sentence each (app/chunking.py);
 3. each chunk becomes one text sequence, in one of the two ways the models were trained on
    (data/lm_data.py): with the prompt's transcript, VALL-E's continuation
-   `[<lang> <bos> prompt phonemes | chunk phonemes <eos>]` ("prefix" prompts); without it,
+   `[<lang> <bos> prompt phonemes | chunk phonemes <eos>]` ("transcribed" prompts); without it,
    `[<lang> <bos> chunk phonemes <eos>]` ("speaker" prompts);
 4. the AR model writes codebook 1 for every chunk x `best_of` candidates in batches, each
    item from its own generator seeded from (seed, chunk, candidate): the same seed gives the
@@ -43,6 +43,7 @@ from app.voice import Voice, VoiceError, load_voice
 from codec.interface import Codec, load_codec
 from data.audio import trim_silence
 from data.frontend import TextFrontend
+from data.lm_data import join_prompt_transcript, prompt_boundary
 from data.normalize import EmptyTextError
 from lm.ar import ARModel
 from lm.generation import generate_ar, generate_nar, length_limits
@@ -287,17 +288,17 @@ class TTS:
     def _texts(self, chunk_texts: list[str], voice: Voice, language: str) -> tuple[list[list[int]], int]:
         """One token sequence per chunk, and how many of its first tokens are the prompt's transcript.
 
-        With a transcript: [<lang> <bos> prompt ... | chunk ... <eos>], the layout the models saw for
-        "prefix" prompts, where the text covers prompt and target; without: [<lang> <bos> chunk ... <eos>].
+        With a transcript: [<lang> <bos> prompt ... | chunk ... <eos>], the layout of "transcribed"
+        prompts in training (data/lm_data.py); without: [<lang> <bos> chunk ... <eos>].
         """
         vocab = self.frontend.vocab
         encoded = self.frontend.encode_batch(chunk_texts, language)  # [<lang>, <bos>, ..., <eos>] each
         prompt_ids = self._voice_prompt_ids(voice)
         if not prompt_ids:
             return encoded, 0
-        boundary = ["|"] if vocab.kind == "phoneme" and "|" in vocab else []  # bpe pieces carry their own spaces
-        head = [vocab.language_id(language), vocab.bos_id, *prompt_ids, *vocab.encode(boundary)]
-        return [head + ids[2:] for ids in encoded], len(head)
+        prompt_text = [vocab.language_id(language), vocab.bos_id, *prompt_ids, vocab.eos_id]
+        joined = [join_prompt_transcript(prompt_text, ids, vocab) for ids in encoded]
+        return [ids for ids, _ in joined], joined[0][1]
 
     def _write_codebook1(self, batch: list[tuple[int, int]], texts: list[list[int]], prompt_text_length: int,
                          voice: Voice, seed: int, sampling: SamplingConfig) -> list[Candidate]:
@@ -310,7 +311,9 @@ class TTS:
                                   torch.full_like(text_lengths, prompt_text_length) if prompt_text_length else None)
         seeds = [derive_seed(seed, i, j) for i, j in batch]
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        start = torch.full_like(text_lengths, prompt_text_length) if self.ar.config.duration_guided else None
+        # After a transcript the chunk's first frame reads the boundary before it, as in training.
+        first = prompt_text_length - len(prompt_boundary(self.frontend.vocab)) if prompt_text_length else 0
+        start = torch.full_like(text_lengths, first) if self.ar.config.duration_guided else None
         result = generate_ar(self.ar, text, text_lengths, prompt, prompt_lengths, sampling=sampling,
                              min_new_tokens=low, max_new_tokens=high, generator=generators, start_index=start)
         return [

@@ -1,7 +1,7 @@
 """What the language models train on: examples with prompts, frame-budget batches, padded LMBatch.
 
 Both models take (text, prompt, target). An example is built from one utterance of a
-TokenCorpus in one of two ways (`PromptConfig.mode`; "mixed" picks one per example):
+TokenCorpus in one of three ways (`PromptConfig.mode`; "mixed" picks one per example):
 
 - "prefix" (VALL-E's training): the prompt is the first ~`min_seconds`..`max_seconds` of the
   utterance (at most `max_fraction` of it), the target is the rest, and the text is the whole
@@ -9,8 +9,15 @@ TokenCorpus in one of two ways (`PromptConfig.mode`; "mixed" picks one per examp
 - "speaker": the prompt is a clip of ~the same length from ANOTHER utterance of the same
   speaker, the target is the whole utterance and the text is the target's text only. This
   teaches the models to clone a voice whose transcript they are not given.
+- "transcribed": the prompt is a whole other utterance of the same speaker (at most
+  `max_seconds` long) and the text is its transcript, a word boundary, then the target's text
+  (`join_prompt_transcript`): the layout of synthesis with a prompt transcript, where the
+  prompt is a finished sentence and the target a new one. A prefix cut mid-sentence never
+  shows the models that layout. The target's leading frames (aligned to its <lang> and <bos>)
+  read the boundary, where synthesis starts reading.
 
-A speaker with a single utterance falls back to "prefix". Every random choice comes from
+A speaker with a single utterance falls back to "prefix"; a "transcribed" example whose other
+utterance is longer than `max_seconds` falls back to "speaker". Every random choice comes from
 `random.Random` seeded by (seed, epoch, index), so an example is the same whichever process,
 worker or order draws it.
 
@@ -37,11 +44,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from data.phonemes import WORD_BOUNDARY
 from data.tokens import TokenCorpus
+from data.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-PROMPT_MODES = ("prefix", "speaker", "mixed")
+PROMPT_MODES = ("prefix", "speaker", "transcribed", "mixed")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class PromptConfig:
     max_seconds: float = 4.0
     max_fraction: float = 0.5  # prefix: the prompt is at most this share of the utterance
     p_speaker: float = 0.5  # mixed: probability of a speaker prompt
+    p_transcribed: float = 0.0  # mixed: probability of a transcribed prompt; the rest are prefixes
 
     def __post_init__(self) -> None:
         if self.mode not in PROMPT_MODES:
@@ -59,8 +69,9 @@ class PromptConfig:
             raise ValueError(f"need 0 <= min_seconds <= max_seconds, got {self.min_seconds} and {self.max_seconds}")
         if not 0 <= self.max_fraction < 1:
             raise ValueError(f"max_fraction must be in [0, 1) (the target needs frames), got {self.max_fraction}")
-        if not 0 <= self.p_speaker <= 1:
-            raise ValueError(f"p_speaker is a probability in [0, 1], got {self.p_speaker}")
+        if not (0 <= self.p_speaker and 0 <= self.p_transcribed and self.p_speaker + self.p_transcribed <= 1):
+            raise ValueError(f"p_speaker and p_transcribed are probabilities that sum to at most 1, got "
+                             f"{self.p_speaker} and {self.p_transcribed}")
 
 
 @dataclass
@@ -72,7 +83,7 @@ class LMExample:
     text: torch.Tensor  # LongTensor [N]
     prompt: torch.Tensor  # LongTensor [K, P], P may be 0
     codes: torch.Tensor  # LongTensor [K, T] target codes
-    mode: str  # the prompt actually used: "prefix" or "speaker"
+    mode: str  # the prompt actually used: "prefix", "speaker" or "transcribed"
     prompt_id: str  # the utterance the prompt was cut from
     alignment: torch.Tensor | None = None  # LongTensor [T]: the text index each target frame speaks (aligned corpora)
 
@@ -93,7 +104,7 @@ class LMBatch:
     code_lengths: torch.Tensor  # LongTensor [B]
     ids: list[str]
     speakers: list[str]
-    prompt_modes: list[str]  # "prefix" or "speaker", per item
+    prompt_modes: list[str]  # "prefix", "speaker" or "transcribed", per item
     alignment: torch.Tensor | None = None  # LongTensor [B, T]: text index of each target frame (0 on pads)
 
     def __len__(self) -> int:
@@ -128,6 +139,20 @@ class LMBatch:
 
 def _mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def prompt_boundary(vocab: Vocabulary) -> list[int]:
+    """The ids between a prompt's transcript and the text after it: the word boundary of a
+    phoneme vocabulary; none for bpe, whose pieces carry their own spaces."""
+    return vocab.encode([WORD_BOUNDARY]) if vocab.kind == "phoneme" and WORD_BOUNDARY in vocab else []
+
+
+def join_prompt_transcript(prompt_text: Sequence[int], text: Sequence[int], vocab: Vocabulary) -> tuple[list[int], int]:
+    """[<lang> <bos> prompt ... <eos>] and [<lang> <bos> target ... <eos>] -> the text of both,
+    [<lang> <bos> prompt ... | target ... <eos>], and its head: how many tokens come before the
+    target's first one. The target's first frame reads token head - len(prompt_boundary(vocab))."""
+    head = [*prompt_text[:-1], *prompt_boundary(vocab)]
+    return head + list(text[2:]), len(head)
 
 
 def collate(examples: Sequence[LMExample], pad_id: int) -> LMBatch:
@@ -206,12 +231,18 @@ class LMDataset(Dataset):
         """Per item, an upper bound of its model sequence length: text + prompt + target (N + P + T).
 
         The budget `FrameBudgetBatchSampler` needs. A prefix prompt is cut from the utterance;
-        a speaker prompt adds up to `max_seconds` of frames.
+        a speaker prompt adds up to `max_seconds` of frames, a transcribed one also its text
+        (at most as long as the speaker's longest).
         """
-        extra = round(self.prompt.max_seconds * self.frame_rate) if self.prompt.mode != "prefix" else 0
+        frames = round(self.prompt.max_seconds * self.frame_rate) if self.prompt.mode != "prefix" else 0
+        transcribed = self.prompt.mode == "transcribed" or (self.prompt.mode == "mixed" and self.prompt.p_transcribed > 0)
+        records = self.corpus.records
+        longest_text = {speaker: max(records[i].n_text_tokens for i in indices) if transcribed else 0
+                        for speaker, indices in self._by_speaker.items()}
         return [
-            r.n_text_tokens + r.n_frames + (extra if len(self._by_speaker[r.speaker]) > 1 else 0)
-            for r in self.corpus.records
+            r.n_text_tokens + r.n_frames
+            + ((frames + longest_text[r.speaker]) if len(self._by_speaker[r.speaker]) > 1 else 0)
+            for r in records
         ]
 
     def _prompt_frames(self, rng: random.Random) -> int:
@@ -225,8 +256,10 @@ class LMDataset(Dataset):
         same_speaker = self._by_speaker[item.speaker]
         mode = self.prompt.mode
         if mode == "mixed":
-            mode = "speaker" if rng.random() < self.prompt.p_speaker else "prefix"
-        if mode == "speaker" and len(same_speaker) == 1:
+            draw = rng.random()
+            mode = ("speaker" if draw < self.prompt.p_speaker
+                    else "transcribed" if draw < self.prompt.p_speaker + self.prompt.p_transcribed else "prefix")
+        if mode != "prefix" and len(same_speaker) == 1:
             mode = "prefix"  # nobody else to take a prompt from
         alignment = None  # [T]: text index per frame, from the durations of an aligned corpus
         if item.durations is not None:
@@ -239,6 +272,13 @@ class LMDataset(Dataset):
         j = rng.randrange(len(same_speaker) - 1)  # any utterance of the speaker but this one
         source = self.corpus[same_speaker[j + (j >= self._place[index])]]
         source_codes = source.codes[: self.n_q]  # [K, T_source]
+        if mode == "transcribed" and source_codes.shape[1] <= self.prompt.max_seconds * self.frame_rate:
+            text, head = join_prompt_transcript(source.text.tolist(), item.text.tolist(), self.corpus.vocab)
+            start = head - len(prompt_boundary(self.corpus.vocab))
+            if alignment is not None:  # from the target's own text to the joined one
+                alignment = torch.where(alignment < 2, start, alignment - 2 + head)
+            return LMExample(id=item.id, speaker=item.speaker, text=torch.tensor(text), prompt=source_codes,
+                             codes=codes, mode="transcribed", prompt_id=source.id, alignment=alignment)
         P = min(self._prompt_frames(rng), source_codes.shape[1])
         start = rng.randint(0, source_codes.shape[1] - P)
         return LMExample(id=item.id, speaker=item.speaker, text=item.text,

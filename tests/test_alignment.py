@@ -6,7 +6,7 @@ import torch
 
 from codec.interface import CodecIdentity
 from data.frontend import TextFrontend
-from data.lm_data import LMDataset, PromptConfig
+from data.lm_data import LMDataset, PromptConfig, join_prompt_transcript
 from data.tokens import TokenCorpus, TokenShardWriter, write_durations
 from lm.aligner import Aligner, AlignerConfig, beta_binomial_log_prior, monotonic_alignment_search
 from lm.ar import ARConfig, ARModel
@@ -119,6 +119,36 @@ def test_durations_travel_from_shards_to_batches(tmp_path):
         assert example.alignment.tolist() == full[len(full) - example.codes.shape[1]:].tolist()
         batch = dataset.collate([dataset[0], dataset[1]])
         assert batch.alignment.shape == batch.codes[:, 0].shape
+
+
+def test_transcribed_prompts_read_the_target_through_the_joined_text(tmp_path):
+    frontend = TextFrontend.build(["one two three", "four five"])
+    identity = CodecIdentity(name="echo", config_hash="0" * 16, sample_rate=16000, frame_rate=50.0, n_q=K,
+                             codebook_size=C)
+    with TokenShardWriter(tmp_path, identity, frontend) as writer:
+        for i, text in enumerate(["one two three", "four five"]):
+            ids = frontend.encode(text, "en-us")
+            writer.add(f"u{i}", torch.randint(0, C, (K, 3 * len(ids))), torch.tensor(ids), speaker="s",
+                       duration=0.1, text=text)
+    lengths = [r.n_text_tokens for r in TokenCorpus.open(tmp_path).records]
+    write_durations(tmp_path, TokenCorpus.open(tmp_path).records[0].shard, torch.full((sum(lengths),), 3))
+    corpus = TokenCorpus.open(tmp_path)
+    target, source = corpus[1], corpus[0]
+    example = LMDataset(corpus, PromptConfig(mode="transcribed", max_seconds=10.0))[1]
+
+    assert example.mode == "transcribed" and example.prompt_id == "u0"
+    assert torch.equal(example.prompt, source.codes) and torch.equal(example.codes, target.codes)
+    tokens = frontend.decode(example.text.tolist())
+    head = len(source.text) - 1 + 1  # the source without its <eos>, then the boundary
+    assert tokens == [*frontend.decode(source.text.tolist())[:-1], "|", *frontend.decode(target.text.tolist())[2:]]
+    own = torch.arange(len(target.text)).repeat_interleave(3)  # the token each frame speaks in its own text
+    assert example.alignment[:6].tolist() == [head - 1] * 6  # <lang> and <bos>: the pause at the boundary
+    assert torch.equal(example.text[example.alignment[6:]], target.text[own[6:]])  # then the same tokens as before
+    assert join_prompt_transcript(source.text.tolist(), target.text.tolist(), frontend.vocab) == (
+        example.text.tolist(), head)
+
+    too_long = LMDataset(corpus, PromptConfig(mode="transcribed", min_seconds=0.02, max_seconds=0.1))[1]
+    assert too_long.mode == "speaker" and torch.equal(too_long.text, target.text)
 
 
 # -- the duration-guided AR ---------------------------------------------------------------------------

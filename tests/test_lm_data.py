@@ -166,18 +166,23 @@ def test_examples_are_deterministic_and_mixed(corpus):
         modes.update(ex.mode for ex in examples)
         changed |= any(ex.prompt.shape != f.prompt.shape for ex, f in zip(examples, first))
     assert modes == {"prefix", "speaker"} and changed
+    dataset = LMDataset(corpus, PromptConfig(mode="mixed", p_speaker=0.4, p_transcribed=0.4, max_seconds=8.0), seed=1)
+    assert {dataset[i].mode for i in range(len(dataset))} == {"prefix", "speaker", "transcribed"}
     with pytest.raises(ValueError, match="prompt mode must be one of"):
         PromptConfig(mode="random")
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        PromptConfig(p_speaker=0.6, p_transcribed=0.5)
 
 
 def test_lengths_bound_the_sequences(corpus):
-    dataset = LMDataset(corpus, PromptConfig(mode="mixed", max_seconds=2))
-    bounds = dataset.lengths()
-    for epoch in range(3):
-        dataset.set_epoch(epoch)
-        for index in range(len(dataset)):
-            ex = dataset[index]
-            assert ex.text.shape[0] + ex.prompt.shape[1] + ex.codes.shape[1] <= bounds[index]
+    for prompt in (PromptConfig(mode="mixed", max_seconds=2), PromptConfig(mode="transcribed", max_seconds=8)):
+        dataset = LMDataset(corpus, prompt)
+        bounds = dataset.lengths()
+        for epoch in range(3):
+            dataset.set_epoch(epoch)
+            for index in range(len(dataset)):
+                ex = dataset[index]
+                assert ex.text.shape[0] + ex.prompt.shape[1] + ex.codes.shape[1] <= bounds[index]
 
 
 # -- collate ----------------------------------------------------------------------------------
