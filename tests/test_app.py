@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import warnings
@@ -16,10 +17,11 @@ from app.voice import Voice, VoiceError, load_voice
 from codec.interface import CodecIdentity
 from codec.model import CodecConfig, EchoCodec
 from data.frontend import TextFrontend
+from lm.ar import ARConfig, ARModel
 from lm.generation import length_limits
 from lm.nar import NARModel
 
-from conftest import PROMPT_TEXT, SR, TEXT
+from conftest import PROMPT_TEXT, SR, TEXT, build_tiny_model
 from test_prompt import speech_like
 
 
@@ -138,6 +140,21 @@ def test_prompt_text_continues_the_transcript(tts, prompt, monkeypatch):
     # The length limit counts the new text only (its phonemes and <eos>).
     new_text = torch.tensor([len(target) - 2])
     assert spy.calls[0]["max_new_tokens"].tolist() == length_limits(new_text, tts.frame_rate)[1].tolist()
+
+
+def test_a_guided_ar_starts_reading_at_the_boundary_after_the_transcript(tmp_path, prompt, monkeypatch):
+    model_dir = build_tiny_model(tmp_path)
+    config = json.loads((model_dir / "ar" / "config.json").read_text())
+    ARModel(ARConfig.from_dict({**config, "duration_guided": True})).save_pretrained(model_dir / "ar")
+    tts = TTS.from_pretrained(model_dir)
+    spy = ARSpy(monkeypatch)
+    tts.generate(TEXT, prompt, prompt_text=PROMPT_TEXT, seed=1)
+    tts.generate(TEXT, prompt, seed=1)
+    start, text = spy.calls[0]["start_index"], spy.calls[0]["text"]
+    boundary = tts.frontend.vocab.encode(["|"])[0]
+    assert text[0, start[0]] == boundary  # where "transcribed" training examples start (data/lm_data.py)
+    assert text[0, : start[0]].tolist() == [*tts.frontend.encode(PROMPT_TEXT)[:-1]]
+    assert spy.calls[1]["start_index"].tolist() == [0]  # without a transcript: the text's first token
 
 
 def test_long_text_is_spoken_sentence_by_sentence_in_one_batch(tts, prompt, monkeypatch):
