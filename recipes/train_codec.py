@@ -47,7 +47,16 @@ from data.manifest import Utterance, read_manifest
 from data.phonemes import Phonemizer
 from data.plots import spectrogram_image
 from data.segments import AudioSegments, PhonemizedUtterances, collate_phonemized
-from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, parse_overrides, resume_from_checkpoint, save_checkpoint, save_config
+from training import (
+    CONFIG_DIR,
+    checkpoint_dirs,
+    load_config,
+    lr_at,
+    parse_overrides,
+    resume_from_checkpoint,
+    save_checkpoint,
+    save_config,
+)
 
 
 @dataclass
