@@ -255,33 +255,29 @@ def run_corpus(ctx: Context) -> dict[str, Any]:
     return {"summary": {name: str(summary) for name, summary in summaries.items()}}
 
 
-def run_codec(ctx: Context) -> dict[str, Any]:
-    import train_codec
-
-    p, c = ctx.paths, ctx.config.codec
-    argv = ["--preset", c.preset, "--train_manifest", str(p.corpus / "train.jsonl"),
-            "--dev_manifest", str(p.corpus / "dev.jsonl"), "--run_dir", str(p.codec), *recipe_argv(c.overrides)]
-    resume = bool(checkpoint_dirs(p.codec))
-    if resume:
-        argv.append("--resume")
-        print(f"continuing the codec training from {checkpoint_dirs(p.codec)[-1]}", flush=True)
-    train_codec.main(argv)
-    return {"resumed": resume}
-
-
-def run_decoder(ctx: Context) -> dict[str, Any]:
+def _train_codec(ctx: Context, run_dir: Path, what: str, extra: list[str]) -> dict[str, Any]:
+    """recipes/train_codec.py on the corpus into `run_dir`, resumed from its checkpoints if it has any."""
     import train_codec
 
     p = ctx.paths
-    argv = ["--preset", ctx.config.codec.preset, "--decoder_only_from", str(p.codec_model),
-            "--train_manifest", str(p.corpus / "train.jsonl"), "--dev_manifest", str(p.corpus / "dev.jsonl"),
-            "--run_dir", str(p.decoder), *recipe_argv(ctx.config.decoder.overrides)]
-    resume = bool(checkpoint_dirs(p.decoder))
+    argv = ["--preset", ctx.config.codec.preset, "--train_manifest", str(p.corpus / "train.jsonl"),
+            "--dev_manifest", str(p.corpus / "dev.jsonl"), "--run_dir", str(run_dir), *extra]
+    resume = bool(checkpoint_dirs(run_dir))
     if resume:
         argv.append("--resume")
-        print(f"continuing the decoder training from {checkpoint_dirs(p.decoder)[-1]}", flush=True)
+        print(f"continuing the {what} training from {checkpoint_dirs(run_dir)[-1]}", flush=True)
     train_codec.main(argv)
     return {"resumed": resume}
+
+
+def run_codec(ctx: Context) -> dict[str, Any]:
+    return _train_codec(ctx, ctx.paths.codec, "codec", recipe_argv(ctx.config.codec.overrides))
+
+
+def run_decoder(ctx: Context) -> dict[str, Any]:
+    p = ctx.paths
+    return _train_codec(ctx, p.decoder, "decoder",
+                        ["--decoder_only_from", str(p.codec_model), *recipe_argv(ctx.config.decoder.overrides)])
 
 
 def run_tokens(ctx: Context) -> dict[str, Any]:
