@@ -469,7 +469,7 @@ def run_curve(ctx: Context) -> dict[str, Any]:
                 report = evaluate_model(ctx, model, home / "report", plot_runs=False)
                 shutil.rmtree(model)  # a copy of the final model but for the AR snapshot, which stays in lm/
             points.append((info["step"], nar[-1][1]["seconds"] + info["seconds"], report))
-    curve = [{"ar_step": step, "minutes": round((before + seconds) / 60, 1),
+    curve = [{"ar_step": step, "minutes": round((before + seconds) / 60, 2),
               **{system: {k: target[k] for k in ("wer_ratio", "sim_own", "separation")}
                  for system, target in report["targets"].items()}}
              for step, seconds, report in points]
