@@ -237,8 +237,8 @@ class LMDataset(Dataset):
         frames = round(self.prompt.max_seconds * self.frame_rate) if self.prompt.mode != "prefix" else 0
         transcribed = self.prompt.mode == "transcribed" or (self.prompt.mode == "mixed" and self.prompt.p_transcribed > 0)
         records = self.corpus.records
-        longest_text = {speaker: max(records[i].n_text_tokens for i in indices) if transcribed else 0
-                        for speaker, indices in self._by_speaker.items()}
+        longest_text = {speaker: max(records[i].n_text_tokens for i in indices) for speaker, indices
+                        in self._by_speaker.items()} if transcribed else dict.fromkeys(self._by_speaker, 0)
         return [
             r.n_text_tokens + r.n_frames
             + ((frames + longest_text[r.speaker]) if len(self._by_speaker[r.speaker]) > 1 else 0)
