@@ -18,9 +18,17 @@ The path of one call:
    item from its own generator seeded from (seed, chunk, candidate): the same seed gives the
    same audio, whatever the batch; lengths are bounded by `lm.generation.length_limits`;
 5. the scorers pick one candidate per chunk (app/scoring.py); the NAR model fills the other
-   codebooks and the codec decodes them, with the end of the prompt as left context;
+   codebooks and the codec decodes them, block by block (app/streaming.py), with the end of
+   the prompt as the first block's left context;
 6. chunks are trimmed of silence at their ends, faded in and out over 10 ms, and joined
    with the pause each chunk asks for (0.3 s between sentences, 0.6 s between paragraphs).
+
+`TTS.stream` runs the same path one chunk at a time and yields each block's audio as soon as
+the AR model has written the frames its window needs, so its concatenation is `synthesize`'s
+audio:
+
+    for piece in tts.stream("Hello there. How are you?", "me.wav"):
+        play(piece)                                                 # float32, tts.sample_rate
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,22 +47,27 @@ import torch.nn.functional as F
 from app.chunking import MAX_CHARS, Chunk, split_text
 from app.prompt import prepare_prompt
 from app.scoring import Candidate, Scorer, asr_scorer, logprob_scorer, pick_best
+from app.streaming import EdgeTrimmer, block_bounds
 from app.voice import Voice, VoiceError, load_voice
 from codec.interface import Codec, load_codec
-from data.audio import trim_silence
 from data.frontend import TextFrontend
 from data.lm_data import join_prompt_transcript, prompt_boundary
 from data.normalize import EmptyTextError
 from lm.ar import ARModel
-from lm.generation import generate_ar, generate_nar, length_limits
+from lm.generation import ARResult, generate_ar, generate_nar, iter_ar, length_limits
 from lm.nar import NARModel
 from lm.pretrained import text_vocab_identity
 from lm.sampling import SamplingConfig
 
 DEFAULT_SAMPLING = SamplingConfig(temperature=1.0, top_k=0, top_p=0.9)
-BATCH_SIZE = 16  # AR items (chunks x candidates) per batch
-CONTEXT_SECONDS = 1.0  # of prompt decoded before each chunk, then cut off: the decoder's left context
-FADE_SECONDS = 0.01
+BATCH_SIZE = 16  # AR items (chunks x candidates), or NAR blocks, per batch
+# A chunk is rendered in blocks (app/streaming.py): the first FIRST_BLOCK_SECONDS, then BLOCK_SECONDS at a
+# time; each block's NAR and decoder passes see CONTEXT_SECONDS before it (the prompt's end before the first
+# block) and LOOKAHEAD_SECONDS after it. A stream's first audio waits for FIRST_BLOCK + LOOKAHEAD of frames.
+FIRST_BLOCK_SECONDS = 0.2
+BLOCK_SECONDS = 1.0
+CONTEXT_SECONDS = 1.0
+LOOKAHEAD_SECONDS = 0.3
 MODEL_PARTS = {"codec": "config.json", "ar": "model.safetensors", "nar": "model.safetensors", "text": "text_vocab.json"}
 
 
@@ -222,10 +235,7 @@ class TTS:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         voice = self._resolve_voice(prompt_wav, prompt_text, voice, language)
-        chunks = [chunk for chunk in split_text(text, max_chars) if any(ch.isalnum() for ch in chunk.text)]
-        if not chunks:
-            raise EmptyTextError(f"there is nothing to say in {text!r}; pass a sentence with words, "
-                                 "e.g. 'Hello there.'")
+        chunks = _chunks(text, max_chars)
         scorers = list(self.scorers if scorers is None else scorers)
         needs_audio = any(scorer.needs_audio for scorer in scorers)
 
@@ -251,8 +261,58 @@ class TTS:
 
         segments = []
         for chunk, group, (best, scores) in zip(chunks, candidates, choices):
-            segments.append(Segment(chunk, group, scores, best, self._tidy(group[best].wav)))
+            trimmer = EdgeTrimmer(self.sample_rate)
+            wav = np.concatenate([trimmer.push(group[best].wav), trimmer.finish()])
+            segments.append(Segment(chunk, group, scores, best, wav))
         return Synthesis(self._join(segments), self.sample_rate, voice, segments)
+
+    @torch.inference_mode()
+    def stream(self, text: str, prompt_wav: Any = None, prompt_text: str | None = None, *,
+               voice: Voice | str | Path | None = None, seed: int = 0, sampling: SamplingConfig = DEFAULT_SAMPLING,
+               language: str = "en-us", max_chars: int = MAX_CHARS) -> Iterator[np.ndarray]:
+        """`synthesize`, as float32 audio chunks yielded while the AR model is still writing.
+
+        Their concatenation is `synthesize(...)`'s audio for the same arguments (one candidate per
+        sentence: choosing the best of several needs them all first). The first audio comes once
+        FIRST_BLOCK_SECONDS + LOOKAHEAD_SECONDS of speech are written; then a block at a time, each
+        sentence's pause, the next sentence. Bad input raises at the first `next()`; closing the
+        generator stops the work.
+        """
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        voice = self._resolve_voice(prompt_wav, prompt_text, voice, language)
+        chunks = _chunks(text, max_chars)
+        texts, prompt_text_length = self._texts([chunk.text for chunk in chunks], voice, language)
+        first, size = self._block_frames()
+        lookahead = round(LOOKAHEAD_SECONDS * self.frame_rate)
+        for i, chunk in enumerate(chunks):
+            trimmer = EdgeTrimmer(self.sample_rate)
+            args, kwargs = self._ar_inputs([(i, 0)], texts, prompt_text_length, voice, seed, sampling)
+            steps = iter_ar(*args, **kwargs)
+            start, written = 0, 0
+            while True:
+                try:
+                    progress = next(steps)
+                except StopIteration as stop:
+                    result: ARResult = stop.value
+                    break
+                written = int(progress.lengths[0])
+                while written >= (end := first if start == 0 else start + size) + lookahead:
+                    # this block's window is complete: render it now
+                    codes1 = progress.codes[0, :written].cpu()
+                    _, wav = self._render_blocks([(codes1, texts[i], start, end)], voice)[0]
+                    start = end
+                    if (out := trimmer.push(wav)).size:
+                        yield out
+            codes1 = result.codes[0, : int(result.lengths[0])].cpu()
+            rest = [(codes1, texts[i], s, e) for s, e in block_bounds(len(codes1), first, size) if s >= start]
+            for _, wav in self._render_blocks(rest, voice):
+                if (out := trimmer.push(wav)).size:
+                    yield out
+            if (out := trimmer.finish()).size:
+                yield out
+            if i < len(chunks) - 1:
+                yield np.zeros(int(round(chunk.pause * self.sample_rate)), dtype=np.float32)
 
     @torch.inference_mode()
     def complete(self, text: str, codes1: torch.Tensor, voice: Voice, language: str = "en-us") -> np.ndarray:
@@ -300,85 +360,95 @@ class TTS:
         joined = [join_prompt_transcript(prompt_text, ids, vocab) for ids in encoded]
         return [ids for ids, _ in joined], joined[0][1]
 
-    def _write_codebook1(self, batch: list[tuple[int, int]], texts: list[list[int]], prompt_text_length: int,
-                         voice: Voice, seed: int, sampling: SamplingConfig) -> list[Candidate]:
-        """Run the AR model on (chunk, candidate) items -> one Candidate each (codebook 1 only)."""
+    def _ar_inputs(self, batch: list[tuple[int, int]], texts: list[list[int]], prompt_text_length: int,
+                   voice: Voice, seed: int, sampling: SamplingConfig) -> tuple[tuple, dict]:
+        """`iter_ar` / `generate_ar` arguments for (chunk, candidate) items -> (args, kwargs)."""
         device, B = self.device, len(batch)
         text, text_lengths = _pad([texts[i] for i, _ in batch], self.frontend.vocab.pad_id, device)
         prompt = voice.codes.long().to(device)[None].expand(B, -1, -1)  # [B, K, P]
         prompt_lengths = torch.full((B,), prompt.shape[2], dtype=torch.long, device=device)
         low, high = length_limits(text_lengths, self.frame_rate,
                                   torch.full_like(text_lengths, prompt_text_length) if prompt_text_length else None)
-        seeds = [derive_seed(seed, i, j) for i, j in batch]
-        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        generators = [torch.Generator(device=device).manual_seed(derive_seed(seed, i, j)) for i, j in batch]
         # After a transcript the chunk's first frame reads the boundary before it, as in training.
         first = prompt_text_length - len(prompt_boundary(self.frontend.vocab)) if prompt_text_length else 0
         start = torch.full_like(text_lengths, first) if self.ar.config.duration_guided else None
-        result = generate_ar(self.ar, text, text_lengths, prompt, prompt_lengths, sampling=sampling,
-                             min_new_tokens=low, max_new_tokens=high, generator=generators, start_index=start)
+        return (self.ar, text, text_lengths, prompt, prompt_lengths), dict(
+            sampling=sampling, min_new_tokens=low, max_new_tokens=high, generator=generators, start_index=start)
+
+    def _write_codebook1(self, batch: list[tuple[int, int]], texts: list[list[int]], prompt_text_length: int,
+                         voice: Voice, seed: int, sampling: SamplingConfig) -> list[Candidate]:
+        """Run the AR model on (chunk, candidate) items -> one Candidate each (codebook 1 only)."""
+        args, kwargs = self._ar_inputs(batch, texts, prompt_text_length, voice, seed, sampling)
+        result = generate_ar(*args, **kwargs)
         return [
-            Candidate(chunk=i, text="", seed=s, codes1=result.codes[b, : int(result.lengths[b])].cpu(),
+            Candidate(chunk=i, text="", seed=derive_seed(seed, i, j), codes1=result.codes[b, : int(result.lengths[b])].cpu(),
                       alignment=None if result.alignment is None else result.alignment[b, : int(result.lengths[b])].cpu(),
                       logprob=float(result.logprob[b]), finished=bool(result.finished[b]), sample_rate=self.sample_rate)
-            for b, ((i, _), s) in enumerate(zip(batch, seeds))
+            for b, (i, j) in enumerate(batch)
         ]
 
     def _complete(self, candidates: list[Candidate], texts: list[list[int]], voice: Voice, batch_size: int) -> None:
-        """Fill codebooks 2..K of each candidate with the NAR model (in batches) and decode its audio."""
-        device = self.device
+        """Fill codebooks 2..K of each candidate and decode its audio, block by block (the blocks of all
+        candidates go through the NAR model in batches)."""
+        first, size = self._block_frames()
+        jobs = [(c, (c.codes1, texts[c.chunk], s, e)) for c in candidates for s, e in block_bounds(c.n_frames, first, size)]
+        rendered: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {id(c): [] for c in candidates}
+        for start in range(0, len(jobs), batch_size):
+            group = jobs[start:start + batch_size]
+            for (candidate, _), block in zip(group, self._render_blocks([job for _, job in group], voice)):
+                rendered[id(candidate)].append(block)
         K = self.nar.config.n_q
-        prompt_codes = voice.codes.long().to(device)[:K]  # [K, P]
-        for start in range(0, len(candidates), batch_size):
-            group = candidates[start:start + batch_size]
-            B = len(group)
-            text, text_lengths = _pad([texts[c.chunk] for c in group], self.frontend.vocab.pad_id, device)
-            lengths = torch.tensor([c.n_frames for c in group], dtype=torch.long, device=device)
-            codes1 = torch.zeros(B, max(1, int(lengths.max())), dtype=torch.long, device=device)
-            for b, c in enumerate(group):
-                codes1[b, : c.n_frames] = c.codes1.to(device)
-            prompt = prompt_codes[None].expand(B, -1, -1)
-            prompt_lengths = torch.full((B,), prompt.shape[2], dtype=torch.long, device=device)
-            codes, probabilities = generate_nar(self.nar, text, text_lengths, prompt, prompt_lengths, codes1, lengths,
-                                                return_probabilities=True)  # [B, K, T], [B, K, T, C]
-            for b, c in enumerate(group):
-                c.codes = codes[b, :, : c.n_frames].cpu()
-                c.wav = self._decode(probabilities[b, :, : c.n_frames], prompt_codes)
+        for c in candidates:
+            blocks = rendered[id(c)]
+            c.codes = torch.cat([codes for codes, _ in blocks], 1) if blocks else torch.zeros(K, 0, dtype=torch.long)
+            c.wav = np.concatenate([wav for _, wav in blocks]) if blocks else np.zeros(0, dtype=np.float32)
 
-    def _decode(self, probabilities: torch.Tensor, prompt_codes: torch.Tensor) -> np.ndarray:
-        """probabilities [K, T, C] -> float32 [T * hop], decoded after up to CONTEXT_SECONDS of the prompt.
+    def _block_frames(self) -> tuple[int, int]:
+        return max(1, round(FIRST_BLOCK_SECONDS * self.frame_rate)), max(1, round(BLOCK_SECONDS * self.frame_rate))
 
-        The codec decodes each codebook's expected code vector under the NAR model's distribution,
-        not its most likely code: where the NAR is unsure of a residual code (most of the time,
-        README: the error budget) the mean of its guesses keeps the voice that a wrong code spoils.
+    def _render_blocks(self, blocks: list[tuple[torch.Tensor, list[int], int, int]],
+                       voice: Voice) -> list[tuple[torch.Tensor, np.ndarray]]:
+        """Blocks (codebook 1 [n] written so far, text ids, start, end) -> (codes [K, end - start], float32 audio).
+
+        A block's window is its frames plus up to CONTEXT_SECONDS before and LOOKAHEAD_SECONDS after (as far as
+        `n`): the NAR model fills codebooks 2..K on the window (all windows in one batch) and the decoder renders
+        it, after the prompt's last CONTEXT_SECONDS for a chunk's first block; the block's part is kept. The
+        decoder reads each codebook's expected code vector under the NAR model's distribution, not its most
+        likely code: where the NAR is unsure of a residual code (most of the time, README: the error budget) the
+        mean of its guesses keeps the voice that a wrong code spoils.
         """
-        T = probabilities.shape[1]
-        if T == 0:
-            return np.zeros(0, dtype=np.float32)
+        if not blocks:
+            return []
+        device, hop = self.device, self.codec.hop_length
+        context, lookahead = round(CONTEXT_SECONDS * self.frame_rate), round(LOOKAHEAD_SECONDS * self.frame_rate)
+        K = self.nar.config.n_q
+        windows = [(max(0, s - context), min(len(codes1), e + lookahead)) for codes1, _, s, e in blocks]
+        B = len(blocks)
+        text, text_lengths = _pad([ids for _, ids, _, _ in blocks], self.frontend.vocab.pad_id, device)
+        lengths = torch.tensor([hi - lo for lo, hi in windows], dtype=torch.long, device=device)
+        codes1 = torch.zeros(B, int(lengths.max()), dtype=torch.long, device=device)
+        for b, ((frames, _, _, _), (lo, hi)) in enumerate(zip(blocks, windows)):
+            codes1[b, : hi - lo] = frames[lo:hi].to(device)
+        prompt_codes = voice.codes.long().to(device)[:K]  # [K, P]
+        prompt = prompt_codes[None].expand(B, -1, -1)
+        prompt_lengths = torch.full((B,), prompt.shape[2], dtype=torch.long, device=device)
+        codes, probabilities = generate_nar(self.nar, text, text_lengths, prompt, prompt_lengths, codes1, lengths,
+                                            return_probabilities=True)  # [B, K, W], [B, K, W, C]
         P = prompt_codes.shape[1]
-        context = prompt_codes[:, P - min(P, round(CONTEXT_SECONDS * self.frame_rate)) :]  # [K, C]
-        known = F.one_hot(context, self.codec.codebook_size).float()  # [K, C, codebook_size]
-        mixed = torch.cat([known, probabilities.to(self.device, torch.float32)], 1)  # [K, C + T, codebook_size]
-        wav = self.codec.decode_expected(mixed[None])[0, 0]  # [(C + T) * hop]
-        hop = self.codec.hop_length
-        return wav[context.shape[1] * hop :][: T * hop].float().cpu().numpy().astype(np.float32)
+        prompt_tail = F.one_hot(prompt_codes[:, P - min(P, context):], self.codec.codebook_size).float()  # [K, c, C]
+        out = []
+        for b, ((_, _, s, e), (lo, hi)) in enumerate(zip(blocks, windows)):
+            window = probabilities[b, :, : hi - lo].to(device, torch.float32)  # [K, hi - lo, C]
+            before = prompt_tail if lo == 0 else window[:, :0]  # a chunk's start follows the prompt's end
+            wav = self.codec.decode_expected(torch.cat([before, window], 1)[None])[0, 0]
+            offset = (before.shape[1] + s - lo) * hop
+            out.append((codes[b, :, s - lo : e - lo].cpu(),
+                        wav[offset : offset + (e - s) * hop].float().cpu().numpy().astype(np.float32)))
+        return out
 
     def _decode_voice(self, voice: Voice) -> np.ndarray:
         return self.codec.decode(voice.codes.long().to(self.device)[None])[0, 0].float().cpu().numpy()
-
-    def _tidy(self, wav: np.ndarray) -> np.ndarray:
-        """Trim a chunk's leading and trailing silence and fade its ends (no clicks at the joins)."""
-        if wav.size == 0:
-            return wav
-        peak = float(np.abs(wav).max())
-        if peak > 1e-4:
-            wav = trim_silence(torch.from_numpy(wav)[None], self.sample_rate, keep_s=0.05)[0].numpy()
-        wav = wav.copy()
-        fade = min(len(wav) // 2, int(FADE_SECONDS * self.sample_rate))
-        if fade:
-            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-            wav[:fade] *= ramp
-            wav[len(wav) - fade :] *= ramp[::-1]
-        return wav
 
     def _join(self, segments: list[Segment]) -> np.ndarray:
         parts = []
@@ -387,6 +457,14 @@ class TTS:
             if k < len(segments) - 1:
                 parts.append(np.zeros(int(round(segment.chunk.pause * self.sample_rate)), dtype=np.float32))
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, dtype=np.float32)
+
+
+def _chunks(text: str, max_chars: int) -> list[Chunk]:
+    """The chunks of `text` that have something to say; raises EmptyTextError when none has."""
+    chunks = [chunk for chunk in split_text(text, max_chars) if any(ch.isalnum() for ch in chunk.text)]
+    if not chunks:
+        raise EmptyTextError(f"there is nothing to say in {text!r}; pass a sentence with words, e.g. 'Hello there.'")
+    return chunks
 
 
 def derive_seed(seed: int, chunk: int, candidate: int) -> int:

@@ -27,7 +27,7 @@ reproducible for the same batch, but an item's draws then depend on its neighbou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Generator, Sequence
 
 import torch
 
@@ -152,8 +152,37 @@ class _FullDecoder:
         self.codes = self.codes[index]
 
 
-@torch.no_grad()
+@dataclass
+class ARProgress:
+    """What `iter_ar` has written so far: codes [B, T_max] (valid up to `lengths`), lengths [B].
+
+    The tensors are the loop's own buffers, updated in place at the next step: copy what you keep.
+    """
+
+    codes: torch.Tensor
+    lengths: torch.Tensor
+
+
 def generate_ar(
+    model: ARModel,
+    text: torch.Tensor,
+    text_lengths: torch.Tensor,
+    prompt: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    **options,
+) -> ARResult:
+    """Write codebook 1 for each item: text [B, N], prompt [B, K, P] (codebook 1 is read) -> ARResult.
+    The options are `iter_ar`'s; this runs its loop to the end."""
+    steps = iter_ar(model, text, text_lengths, prompt, prompt_lengths, **options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+@torch.no_grad()
+def iter_ar(
     model: ARModel,
     text: torch.Tensor,
     text_lengths: torch.Tensor,
@@ -167,8 +196,10 @@ def generate_ar(
     use_cache: bool = True,
     return_logits: bool = False,
     start_index: torch.Tensor | None = None,
-) -> ARResult:
-    """Write codebook 1 for each item: text [B, N], prompt [B, K, P] (codebook 1 is read) -> ARResult.
+) -> Generator[ARProgress, None, ARResult]:
+    """`generate_ar` one frame at a time: yields an ARProgress after every step, returns the ARResult.
+
+    Streaming synthesis reads the frames while the loop is still writing (app/tts.py).
 
     max_new_tokens: int or LongTensor [B], >= 1; None takes `length_limits`' maximum for the
         whole text at the frame rate of the codec recorded in the model's config.
@@ -239,6 +270,7 @@ def generate_ar(
             lengths[active] = t + 1 - eos_written.long()
             finished[active] = wrote_eos
             steps = t + 1
+            yield ARProgress(codes, lengths)
             done = wrote_eos | (t + 1 >= high[active])
             if bool(done.all()):
                 break

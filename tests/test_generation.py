@@ -3,7 +3,7 @@ import torch
 
 from codec.interface import CodecIdentity
 from lm.ar import ARConfig, ARModel
-from lm.generation import ARResult, generate_ar, generate_nar, length_limits
+from lm.generation import ARResult, generate_ar, generate_nar, iter_ar, length_limits
 from lm.nar import NARConfig, NARModel
 from lm.sampling import SamplingConfig
 
@@ -90,6 +90,27 @@ def test_cache_equals_full_forward_sampling():
     assert_same(*runs)
     torch.testing.assert_close(runs[0].logits, runs[1].logits, rtol=0, atol=1e-5)
     assert runs[0].finished.any()
+
+
+def test_iter_ar_shows_each_frame_as_it_is_written_and_ends_with_generate_ars_result():
+    model, x = ar(), inputs()
+    options = dict(sampling=RANDOM, max_new_tokens=30)
+    loop = iter_ar(model, **x, **options, generator=seeded(1, 2, 3))
+    seen = []
+    while True:
+        try:
+            progress = next(loop)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        seen.append((progress.lengths.clone(), progress.codes.clone()))
+    assert_same(result, generate_ar(model, **x, **options, generator=seeded(1, 2, 3)))
+    for step, (lengths, codes) in enumerate(seen):  # frames never change once written
+        assert (lengths <= step + 1).all()
+        for b in range(3):
+            n = int(lengths[b])
+            assert torch.equal(codes[b, :n], result.codes[b, :n])
+    assert len(seen) == int((result.lengths + result.finished).max())
 
 
 # -- stopping -----------------------------------------------------------------------------------------
