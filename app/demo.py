@@ -5,12 +5,17 @@
 
 `build_demo(tts)` builds the page around a loaded `TTS` and returns the `gr.Blocks`, queued so
 that one synthesis runs at a time while the next requests wait in line; `main(argv)` loads the
-model and serves the page. The page has one endpoint, `/synthesize`, with the form's inputs:
+model and serves the page. The page's endpoint `/synthesize` takes the form's inputs:
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
     wav_path, spectrogram_path, info = client.predict(
         prompt_wav=handle_file("me.wav"), text="Hello there.", api_name="/synthesize")
+
+A second endpoint, `/stream` (the Stream button), sends the audio chunk by chunk while the
+model is still writing it (`TTS.stream`), so the page starts playing before the sentence is done.
+Gradio encodes streamed audio with ffmpeg: without it (`apt-get install ffmpeg`) the page has no
+Stream button.
 
 Every mistake (a silent or too short prompt, no text, a sampling setting out of range) comes
 back as a `gr.Error` whose message says what to do; an unexpected failure is logged on the
@@ -28,14 +33,16 @@ import sys
 import tempfile
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import gradio as gr
 import numpy as np
 
 if TYPE_CHECKING:
     from app.tts import TTS, Synthesis
+    from lm.sampling import SamplingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +74,21 @@ Clone only voices whose owners have agreed to it.
 """
 
 
-def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZE,
+               streaming: bool | None = None) -> gr.Blocks:
     """The demo page for `tts`, queued (one synthesis at a time, `queue_size` waiting); not launched.
 
     examples: offer example texts, and two example voice prompts spoken by eSpeak NG when it is
     installed (written into a temporary folder that goes with the returned Blocks).
+    streaming: offer the Stream button; None offers it when ffmpeg is installed (Gradio encodes
+    streamed audio with it).
     """
     from app.tts import DEFAULT_SAMPLING
+
+    if streaming is None:
+        streaming = shutil.which("ffmpeg") is not None
+        if not streaming:
+            logger.warning("ffmpeg is not installed: the demo's Stream button is off (apt-get install ffmpeg)")
 
     languages = list(tts.frontend.languages) or ["en-us"]
     with gr.Blocks(title="Echo voice cloning", analytics_enabled=False) as demo:
@@ -99,8 +114,12 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
                         best_of = gr.Slider(1, MAX_BEST_OF, value=1, step=1, label="Best of N",
                                             info="candidates per sentence; the best-scored one is kept")
                     seed = gr.Number(value=0, precision=0, label="Seed", info="the same seed gives the same audio")
-                button = gr.Button("Synthesize", variant="primary")
+                with gr.Row():
+                    button = gr.Button("Synthesize", variant="primary")
+                    stream_button = gr.Button("Stream", variant="secondary", visible=streaming)
             with gr.Column():
+                streamed = gr.Audio(label="Speech, heard while it is written (Stream; one candidate per sentence)",
+                                    streaming=True, autoplay=True, interactive=False, visible=streaming)
                 audio = gr.Audio(label="Speech", type="numpy", format="wav", interactive=False)
                 spectrogram = gr.Image(label="Log-mel spectrogram", type="numpy", format="png", interactive=False)
                 info = gr.Textbox(label="Details", interactive=False, lines=2)
@@ -109,26 +128,39 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
 
         def synthesize(prompt_wav: str | None, prompt_text: str, text: str, language: str, temperature: float,
                        top_k: float, top_p: float, seed: float, best_of: float):
-            try:
+            with _page_errors(prompt_wav):
                 return _synthesize(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed,
                                    best_of)
-            except gr.Error:
-                raise
-            except ValueError as error:  # PromptError, VoiceError, EmptyTextError, settings out of range
-                raise gr.Error(_tidy_message(str(error), prompt_wav), print_exception=False) from None
-            except Exception as error:  # noqa: BLE001 - the page shows one line; the log keeps the traceback
-                logger.exception("synthesis failed")
-                message = _tidy_message(str(error), prompt_wav)
-                if len(message) > MAX_MESSAGE_CHARS:
-                    message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-                raise gr.Error(f"Synthesis failed unexpectedly ({type(error).__name__}: {message}). "
-                               "The server's log has the details.", print_exception=False) from None
 
-        button.click(synthesize, inputs=[prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed,
-                                         best_of],
-                     outputs=[audio, spectrogram, info], api_name="synthesize")
+        def stream(prompt_wav: str | None, prompt_text: str, text: str, language: str, temperature: float,
+                   top_k: float, top_p: float, seed: float):
+            with _page_errors(prompt_wav):
+                yield from _stream(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed)
+
+        form = [prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed]
+        button.click(synthesize, inputs=[*form, best_of], outputs=[audio, spectrogram, info], api_name="synthesize")
+        if streaming:
+            stream_button.click(stream, inputs=form, outputs=[streamed, info], api_name="stream")
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
+
+
+@contextmanager
+def _page_errors(prompt_wav: str | None) -> Iterator[None]:
+    """Every failure inside becomes a one-line gr.Error; unexpected ones are logged with their traceback."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except ValueError as error:  # PromptError, VoiceError, EmptyTextError, settings out of range
+        raise gr.Error(_tidy_message(str(error), prompt_wav), print_exception=False) from None
+    except Exception as error:  # noqa: BLE001 - the page shows one line; the log keeps the traceback
+        logger.exception("synthesis failed")
+        message = _tidy_message(str(error), prompt_wav)
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+        raise gr.Error(f"Synthesis failed unexpectedly ({type(error).__name__}: {message}). "
+                       "The server's log has the details.", print_exception=False) from None
 
 
 def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: str | None, language: str,
@@ -136,19 +168,8 @@ def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, tex
                 best_of: float) -> tuple[tuple[int, np.ndarray], np.ndarray, str]:
     """One request of the form -> ((sample_rate, int16 [T]), spectrogram RGB [H, W, 3], details)."""
     from app.prompt import MAX_SECONDS
-    from lm.sampling import SamplingConfig
 
-    text = (text or "").strip()
-    if not text:
-        raise gr.Error("Type the text to speak: the text box is empty.", print_exception=False)
-    if len(text) > MAX_TEXT_CHARS:
-        raise gr.Error(f"The text is {len(text)} characters long; the demo speaks up to {MAX_TEXT_CHARS} at a "
-                       "time. Shorten it, or use `echo-tts synthesize --text-file` for long texts.",
-                       print_exception=False)
-    if not prompt_wav:
-        raise gr.Error("Upload or record a voice prompt first: 3-10 s of one person speaking clearly.",
-                       print_exception=False)
-    sampling = SamplingConfig(temperature=float(temperature), top_k=int(round(top_k)), top_p=float(top_p))
+    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p)
     best_of = int(round(best_of))
     if not 1 <= best_of <= MAX_BEST_OF:
         raise ValueError(f"best of N must be between 1 and {MAX_BEST_OF}, got {best_of}")
@@ -169,6 +190,42 @@ def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, tex
     pcm = (np.clip(result.wav, -1.0, 1.0) * 32767).round().astype(np.int16)
     image = spectrogram_image(result.wav, result.sample_rate, f"synthesis ({result.duration:.2f} s)")
     return (result.sample_rate, pcm), image, describe(result, elapsed, best_of)
+
+
+def _stream(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: str | None, language: str,
+            temperature: float, top_k: float, top_p: float, seed: float | None) -> Iterator[tuple]:
+    """One streamed request -> ((sample_rate, int16 chunk), details) per chunk, as `TTS.stream` writes them."""
+    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p)
+    start = time.perf_counter()
+    first, samples = None, 0
+    for piece in tts.stream(text, prompt_wav, (prompt_text or "").strip() or None, seed=int(seed or 0),
+                            sampling=sampling, language=language or "en-us"):
+        first = time.perf_counter() - start if first is None else first
+        samples += len(piece)
+        pcm = (np.clip(piece, -1.0, 1.0) * 32767).round().astype(np.int16)
+        yield (tts.sample_rate, pcm), f"streaming: first audio after {first:.2f} s"
+    elapsed = time.perf_counter() - start
+    duration = samples / tts.sample_rate
+    yield gr.skip(), (f"{duration:.2f} s of speech streamed in {elapsed:.2f} s (real-time factor "
+                      f"{elapsed / max(duration, 1e-9):.2f}); first audio after {first:.2f} s")
+
+
+def _checked_request(prompt_wav: str | None, text: str | None, temperature: float, top_k: float,
+                     top_p: float) -> tuple[str, "SamplingConfig"]:
+    """The form's text and sampling settings, or a gr.Error that says what to fix."""
+    from lm.sampling import SamplingConfig
+
+    text = (text or "").strip()
+    if not text:
+        raise gr.Error("Type the text to speak: the text box is empty.", print_exception=False)
+    if len(text) > MAX_TEXT_CHARS:
+        raise gr.Error(f"The text is {len(text)} characters long; the demo speaks up to {MAX_TEXT_CHARS} at a "
+                       "time. Shorten it, or use `echo-tts synthesize --text-file` for long texts.",
+                       print_exception=False)
+    if not prompt_wav:
+        raise gr.Error("Upload or record a voice prompt first: 3-10 s of one person speaking clearly.",
+                       print_exception=False)
+    return text, SamplingConfig(temperature=float(temperature), top_k=int(round(top_k)), top_p=float(top_p))
 
 
 def spectrogram_image(wav: np.ndarray, sample_rate: int, label: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The Gradio demo, served on 127.0.0.1 with the tiny model and driven through gradio_client."""
 
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -133,6 +134,42 @@ def test_an_unexpected_failure_is_one_line_in_the_page(client, tts, prompts, mon
 def test_details_name_each_sentence(client, prompts):
     _, _, info = ask(client, prompts["good"], text="The children found a tiny kite. My sister painted the door.")
     assert "2 sentences" in info and "scores " in info and "without a transcript" in info
+
+
+STORY = "The children found a tiny kite. Then it rained."
+
+
+def test_the_stream_handler_yields_the_synthesis_chunk_by_chunk(tts, prompts):
+    """Without Gradio's encoder (which needs ffmpeg): the chunks the Stream button sends, and its details."""
+    updates = list(app.demo._stream(tts, str(prompts["good"]), PROMPT_TEXT, STORY, "en-us", 1.0, 0, 0.9, 5))
+    chunks = [audio for audio, _ in updates[:-1]]
+    assert len(chunks) > 2 and all(sr == SR and pcm.dtype == np.int16 for sr, pcm in chunks)
+    whole, _ = tts.synthesize(STORY, str(prompts["good"]), PROMPT_TEXT, seed=5)
+    streamed = np.concatenate([pcm for _, pcm in chunks]).astype(np.float32) / 32767
+    np.testing.assert_allclose(streamed, np.clip(whole, -1, 1), atol=2 / 32767)
+    assert "streaming: first audio after" in updates[0][1]
+    assert f"{len(whole) / SR:.2f} s of speech streamed" in updates[-1][1]
+    with pytest.raises(gr.Error, match="text box is empty"):
+        next(app.demo._stream(tts, str(prompts["good"]), "", "  ", "en-us", 1.0, 0, 0.9, 5))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="Gradio encodes streamed audio with ffmpeg")
+def test_the_stream_button_streams_through_the_page(client, tts, prompts):
+    inputs = dict(prompt_wav=handle_file(str(prompts["good"])), prompt_text="", text=STORY, language="en-us",
+                  temperature=1.0, top_k=0, top_p=0.9, seed=5)
+    job = client.submit(**inputs, api_name="/stream")
+    _, details = job.result()
+    updates = job.outputs()
+    assert len(updates) > 2 and all(str(audio).endswith(".m3u8") for audio, _ in updates[:-1])  # an HLS stream
+    whole, _ = tts.synthesize(STORY, str(prompts["good"]), seed=5)
+    assert f"{len(whole) / SR:.2f} s of speech streamed" in details and "first audio after" in details
+
+
+def test_without_ffmpeg_the_page_has_no_stream_button(tts, monkeypatch):
+    monkeypatch.setattr(app.demo.shutil, "which", lambda name: None)
+    demo = build_demo(tts, examples=False)
+    assert "/stream" not in {fn.api_name and f"/{fn.api_name}" for fn in demo.fns.values()}
+    assert "/synthesize" in {f"/{fn.api_name}" for fn in demo.fns.values()}
 
 
 def test_serves_this_machine_only_by_default(served, tiny_model_dir, monkeypatch):
