@@ -230,41 +230,93 @@ class TTS:
                  scorers: Sequence[Scorer] | None = None, max_chars: int = MAX_CHARS,
                  batch_size: int = BATCH_SIZE) -> Synthesis:
         """`synthesize`, returning every chunk's candidates and scores too (a Synthesis)."""
-        if best_of < 1 or batch_size < 1:
-            raise ValueError(f"best_of and batch_size must be at least 1, got {best_of} and {batch_size}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        voice = self._resolve_voice(prompt_wav, prompt_text, voice, language)
+        _check_settings(seed, best_of, batch_size)
+        request = self._request(text, self._resolve_voice(prompt_wav, prompt_text, voice, language), seed, language,
+                                max_chars)
+        return self._generate([request], sampling, best_of, scorers, batch_size)[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, texts: Sequence[str], prompt_wavs: Any = None, prompt_texts: Any = None, *,
+                       voices: Any = None, seeds: int | Sequence[int] = 0,
+                       sampling: SamplingConfig = DEFAULT_SAMPLING, best_of: int = 1, language: str = "en-us",
+                       scorers: Sequence[Scorer] | None = None, max_chars: int = MAX_CHARS,
+                       batch_size: int = BATCH_SIZE) -> list[Synthesis]:
+        """Many texts in one call: their sentences share the AR and NAR batches -> one Synthesis per text.
+
+        The voices are one prompt (or preset) for every text, or a list with one per text:
+        `prompt_wavs` (paths or (waveform, sample_rate)) with optional `prompt_texts`, or `voices`.
+        `seeds`: one for every text, or one per text. Text k sounds exactly as
+        `generate(texts[k], ..., seed=seeds[k])` would (up to float rounding): each candidate draws
+        from its own generator, whatever the batch.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("generate_batch needs at least one text")
+        n = len(texts)
+        seeds = [seeds] * n if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
+        prompt_wavs, prompt_texts, voices = (_per_text(name, value, n) for name, value in
+                                             (("prompt_wavs", prompt_wavs), ("prompt_texts", prompt_texts),
+                                              ("voices", voices)))
+        if len(seeds) != n:
+            raise ValueError(f"seeds must be one integer or one per text ({n}), got {len(seeds)}")
+        for seed in seeds:
+            _check_settings(seed, best_of, batch_size)
+        resolved: dict[tuple, Voice] = {}  # a prompt given once for every text is prepared once
+        requests = []
+        for k, text in enumerate(texts):
+            key = (id(prompt_wavs[k]), prompt_texts[k], id(voices[k]))
+            if key not in resolved:
+                resolved[key] = self._resolve_voice(prompt_wavs[k], prompt_texts[k], voices[k], language)
+            requests.append(self._request(text, resolved[key], seeds[k], language, max_chars))
+        return self._generate(requests, sampling, best_of, scorers, batch_size)
+
+    def synthesize_batch(self, texts: Sequence[str], prompt_wavs: Any = None, prompt_texts: Any = None,
+                         **options) -> list[tuple[np.ndarray, int]]:
+        """`generate_batch`, returning (float32 [T], sample_rate) per text."""
+        return [(result.wav, result.sample_rate)
+                for result in self.generate_batch(texts, prompt_wavs, prompt_texts, **options)]
+
+    def _request(self, text: str, voice: Voice, seed: int, language: str, max_chars: int) -> _Request:
         chunks = _chunks(text, max_chars)
+        ids, prompt_text_length = self._texts([chunk.text for chunk in chunks], voice, language)
+        return _Request(voice, chunks, ids, prompt_text_length, seed, language)
+
+    def _generate(self, requests: list[_Request], sampling: SamplingConfig, best_of: int,
+                  scorers: Sequence[Scorer] | None, batch_size: int) -> list[Synthesis]:
         scorers = list(self.scorers if scorers is None else scorers)
         needs_audio = any(scorer.needs_audio for scorer in scorers)
-
-        texts, prompt_text_length = self._texts([chunk.text for chunk in chunks], voice, language)
-        items = [(i, j) for i in range(len(chunks)) for j in range(best_of)]  # (chunk, candidate)
-        candidates = [[None] * best_of for _ in chunks]
+        # (request, chunk, candidate), longest texts first so that batches pad little
+        items = [(r, i, j) for r in requests for i in range(len(r.chunks)) for j in range(best_of)]
+        items.sort(key=lambda item: -len(item[0].texts[item[1]]))
+        candidates = {(id(r), i): [None] * best_of for r in requests for i in range(len(r.chunks))}
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
-            for (i, j), candidate in zip(batch, self._write_codebook1(batch, texts, prompt_text_length, voice,
-                                                                      seed, sampling)):
-                candidate.text, candidate.language = chunks[i].text, language
-                candidates[i][j] = candidate
+            for (r, i, j), candidate in zip(batch, self._write_codebook1(batch, sampling)):
+                candidate.text, candidate.language = r.chunks[i].text, r.language
+                candidates[id(r), i][j] = candidate
+        owner = {id(c): r for r in requests for i in range(len(r.chunks)) for c in candidates[id(r), i]}
 
-        prompt_wav_decoded = self._decode_voice(voice) if needs_audio else None
         if needs_audio:  # every candidate is heard before choosing
-            self._complete([c for group in candidates for c in group], texts, voice, batch_size)
-            for group in candidates:
+            self._complete([(c, owner[id(c)]) for group in candidates.values() for c in group], batch_size)
+            decoded = {id(r.voice): self._decode_voice(r.voice) for r in requests}
+            for group in candidates.values():
                 for candidate in group:
-                    candidate.prompt_wav = prompt_wav_decoded
-        choices = [pick_best(group, scorers) for group in candidates]
+                    candidate.prompt_wav = decoded[id(owner[id(candidate)].voice)]
+        choices = {key: pick_best(group, scorers) for key, group in candidates.items()}
         if not needs_audio:  # only the winners go through the NAR and the codec
-            self._complete([group[best] for group, (best, _) in zip(candidates, choices)], texts, voice, batch_size)
+            winners = [(candidates[key][best], owner[id(candidates[key][best])]) for key, (best, _) in choices.items()]
+            self._complete(winners, batch_size)
 
-        segments = []
-        for chunk, group, (best, scores) in zip(chunks, candidates, choices):
-            trimmer = EdgeTrimmer(self.sample_rate)
-            wav = np.concatenate([trimmer.push(group[best].wav), trimmer.finish()])
-            segments.append(Segment(chunk, group, scores, best, wav))
-        return Synthesis(self._join(segments), self.sample_rate, voice, segments)
+        results = []
+        for r in requests:
+            segments = []
+            for i, chunk in enumerate(r.chunks):
+                group, (best, scores) = candidates[id(r), i], choices[id(r), i]
+                trimmer = EdgeTrimmer(self.sample_rate)
+                wav = np.concatenate([trimmer.push(group[best].wav), trimmer.finish()])
+                segments.append(Segment(chunk, group, scores, best, wav))
+            results.append(Synthesis(self._join(segments), self.sample_rate, r.voice, segments))
+        return results
 
     @torch.inference_mode()
     def stream(self, text: str, prompt_wav: Any = None, prompt_text: str | None = None, *,
@@ -278,16 +330,14 @@ class TTS:
         sentence's pause, the next sentence. Bad input raises at the first `next()`; closing the
         generator stops the work.
         """
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        voice = self._resolve_voice(prompt_wav, prompt_text, voice, language)
-        chunks = _chunks(text, max_chars)
-        texts, prompt_text_length = self._texts([chunk.text for chunk in chunks], voice, language)
+        _check_settings(seed, 1, 1)
+        request = self._request(text, self._resolve_voice(prompt_wav, prompt_text, voice, language), seed, language,
+                                max_chars)
         first, size = self._block_frames()
         lookahead = round(LOOKAHEAD_SECONDS * self.frame_rate)
-        for i, chunk in enumerate(chunks):
+        for i, chunk in enumerate(request.chunks):
             trimmer = EdgeTrimmer(self.sample_rate)
-            args, kwargs = self._ar_inputs([(i, 0)], texts, prompt_text_length, voice, seed, sampling)
+            args, kwargs = self._ar_inputs([(request, i, 0)], sampling)
             steps = iter_ar(*args, **kwargs)
             start, written = 0, 0
             while True:
@@ -300,18 +350,18 @@ class TTS:
                 while written >= (end := first if start == 0 else start + size) + lookahead:
                     # this block's window is complete: render it now
                     codes1 = progress.codes[0, :written].cpu()
-                    _, wav = self._render_blocks([(codes1, texts[i], start, end)], voice)[0]
+                    _, wav = self._render_blocks([(codes1, request, i, start, end)])[0]
                     start = end
                     if (out := trimmer.push(wav)).size:
                         yield out
             codes1 = result.codes[0, : int(result.lengths[0])].cpu()
-            rest = [(codes1, texts[i], s, e) for s, e in block_bounds(len(codes1), first, size) if s >= start]
-            for _, wav in self._render_blocks(rest, voice):
+            rest = [(codes1, request, i, s, e) for s, e in block_bounds(len(codes1), first, size) if s >= start]
+            for _, wav in self._render_blocks(rest):
                 if (out := trimmer.push(wav)).size:
                     yield out
             if (out := trimmer.finish()).size:
                 yield out
-            if i < len(chunks) - 1:
+            if i < len(request.chunks) - 1:
                 yield np.zeros(int(round(chunk.pause * self.sample_rate)), dtype=np.float32)
 
     @torch.inference_mode()
@@ -324,10 +374,11 @@ class TTS:
         """
         if codes1.dim() != 1:
             raise ValueError(f"codes1 must be one item's codebook 1 [T], got shape {tuple(codes1.shape)}")
-        texts, _ = self._texts([text], voice, language)
+        ids, prompt_text_length = self._texts([text], voice, language)
+        request = _Request(voice, [Chunk(text, 0.0)], ids, prompt_text_length, 0, language)
         candidate = Candidate(chunk=0, text=text, seed=0, codes1=codes1.long().cpu(), logprob=0.0, finished=True,
                               language=language, sample_rate=self.sample_rate)
-        self._complete([candidate], texts, voice, batch_size=1)
+        self._complete([(candidate, request)], batch_size=BATCH_SIZE)
         return candidate.wav
 
     def _resolve_voice(self, prompt_wav: Any, prompt_text: str | None, voice: Voice | str | Path | None,
@@ -360,56 +411,54 @@ class TTS:
         joined = [join_prompt_transcript(prompt_text, ids, vocab) for ids in encoded]
         return [ids for ids, _ in joined], joined[0][1]
 
-    def _ar_inputs(self, batch: list[tuple[int, int]], texts: list[list[int]], prompt_text_length: int,
-                   voice: Voice, seed: int, sampling: SamplingConfig) -> tuple[tuple, dict]:
-        """`iter_ar` / `generate_ar` arguments for (chunk, candidate) items -> (args, kwargs)."""
-        device, B = self.device, len(batch)
-        text, text_lengths = _pad([texts[i] for i, _ in batch], self.frontend.vocab.pad_id, device)
-        prompt = voice.codes.long().to(device)[None].expand(B, -1, -1)  # [B, K, P]
-        prompt_lengths = torch.full((B,), prompt.shape[2], dtype=torch.long, device=device)
-        low, high = length_limits(text_lengths, self.frame_rate,
-                                  torch.full_like(text_lengths, prompt_text_length) if prompt_text_length else None)
-        generators = [torch.Generator(device=device).manual_seed(derive_seed(seed, i, j)) for i, j in batch]
-        # After a transcript the chunk's first frame reads the boundary before it, as in training.
-        first = prompt_text_length - len(prompt_boundary(self.frontend.vocab)) if prompt_text_length else 0
-        start = torch.full_like(text_lengths, first) if self.ar.config.duration_guided else None
+    def _ar_inputs(self, items: list[tuple[_Request, int, int]], sampling: SamplingConfig) -> tuple[tuple, dict]:
+        """`iter_ar` / `generate_ar` arguments for (request, chunk, candidate) items -> (args, kwargs)."""
+        device = self.device
+        text, text_lengths = _pad([r.texts[i] for r, i, _ in items], self.frontend.vocab.pad_id, device)
+        prompt, prompt_lengths = _pad_prompts([r.voice for r, _, _ in items], device)
+        transcript = torch.tensor([r.prompt_text_length for r, _, _ in items], dtype=torch.long, device=device)
+        low, high = length_limits(text_lengths, self.frame_rate, transcript)
+        generators = [torch.Generator(device=device).manual_seed(derive_seed(r.seed, i, j)) for r, i, j in items]
+        start = None
+        if self.ar.config.duration_guided:
+            # After a transcript the chunk's first frame reads the boundary before it, as in training.
+            start = (transcript - len(prompt_boundary(self.frontend.vocab))).clamp(min=0)
         return (self.ar, text, text_lengths, prompt, prompt_lengths), dict(
             sampling=sampling, min_new_tokens=low, max_new_tokens=high, generator=generators, start_index=start)
 
-    def _write_codebook1(self, batch: list[tuple[int, int]], texts: list[list[int]], prompt_text_length: int,
-                         voice: Voice, seed: int, sampling: SamplingConfig) -> list[Candidate]:
-        """Run the AR model on (chunk, candidate) items -> one Candidate each (codebook 1 only)."""
-        args, kwargs = self._ar_inputs(batch, texts, prompt_text_length, voice, seed, sampling)
+    def _write_codebook1(self, items: list[tuple[_Request, int, int]], sampling: SamplingConfig) -> list[Candidate]:
+        """Run the AR model on (request, chunk, candidate) items -> one Candidate each (codebook 1 only)."""
+        args, kwargs = self._ar_inputs(items, sampling)
         result = generate_ar(*args, **kwargs)
         return [
-            Candidate(chunk=i, text="", seed=derive_seed(seed, i, j), codes1=result.codes[b, : int(result.lengths[b])].cpu(),
+            Candidate(chunk=i, text="", seed=derive_seed(r.seed, i, j), codes1=result.codes[b, : int(result.lengths[b])].cpu(),
                       alignment=None if result.alignment is None else result.alignment[b, : int(result.lengths[b])].cpu(),
                       logprob=float(result.logprob[b]), finished=bool(result.finished[b]), sample_rate=self.sample_rate)
-            for b, (i, j) in enumerate(batch)
+            for b, (r, i, j) in enumerate(items)
         ]
 
-    def _complete(self, candidates: list[Candidate], texts: list[list[int]], voice: Voice, batch_size: int) -> None:
+    def _complete(self, jobs: list[tuple[Candidate, _Request]], batch_size: int) -> None:
         """Fill codebooks 2..K of each candidate and decode its audio, block by block (the blocks of all
         candidates go through the NAR model in batches)."""
         first, size = self._block_frames()
-        jobs = [(c, (c.codes1, texts[c.chunk], s, e)) for c in candidates for s, e in block_bounds(c.n_frames, first, size)]
-        rendered: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {id(c): [] for c in candidates}
-        for start in range(0, len(jobs), batch_size):
-            group = jobs[start:start + batch_size]
-            for (candidate, _), block in zip(group, self._render_blocks([job for _, job in group], voice)):
+        blocks = [(c, (c.codes1, r, c.chunk, s, e)) for c, r in jobs for s, e in block_bounds(c.n_frames, first, size)]
+        rendered: dict[int, list[tuple[torch.Tensor, np.ndarray]]] = {id(c): [] for c, _ in jobs}
+        for start in range(0, len(blocks), batch_size):
+            group = blocks[start:start + batch_size]
+            for (candidate, _), block in zip(group, self._render_blocks([block for _, block in group])):
                 rendered[id(candidate)].append(block)
         K = self.nar.config.n_q
-        for c in candidates:
-            blocks = rendered[id(c)]
-            c.codes = torch.cat([codes for codes, _ in blocks], 1) if blocks else torch.zeros(K, 0, dtype=torch.long)
-            c.wav = np.concatenate([wav for _, wav in blocks]) if blocks else np.zeros(0, dtype=np.float32)
+        for c, _ in jobs:
+            parts = rendered[id(c)]
+            c.codes = torch.cat([codes for codes, _ in parts], 1) if parts else torch.zeros(K, 0, dtype=torch.long)
+            c.wav = np.concatenate([wav for _, wav in parts]) if parts else np.zeros(0, dtype=np.float32)
 
     def _block_frames(self) -> tuple[int, int]:
         return max(1, round(FIRST_BLOCK_SECONDS * self.frame_rate)), max(1, round(BLOCK_SECONDS * self.frame_rate))
 
-    def _render_blocks(self, blocks: list[tuple[torch.Tensor, list[int], int, int]],
-                       voice: Voice) -> list[tuple[torch.Tensor, np.ndarray]]:
-        """Blocks (codebook 1 [n] written so far, text ids, start, end) -> (codes [K, end - start], float32 audio).
+    def _render_blocks(self, blocks: list[tuple[torch.Tensor, _Request, int, int, int]],
+                       ) -> list[tuple[torch.Tensor, np.ndarray]]:
+        """Blocks (codebook 1 [n] written so far, request, chunk, start, end) -> (codes [K, end - start], audio).
 
         A block's window is its frames plus up to CONTEXT_SECONDS before and LOOKAHEAD_SECONDS after (as far as
         `n`): the NAR model fills codebooks 2..K on the window (all windows in one batch) and the decoder renders
@@ -423,24 +472,24 @@ class TTS:
         device, hop = self.device, self.codec.hop_length
         context, lookahead = round(CONTEXT_SECONDS * self.frame_rate), round(LOOKAHEAD_SECONDS * self.frame_rate)
         K = self.nar.config.n_q
-        windows = [(max(0, s - context), min(len(codes1), e + lookahead)) for codes1, _, s, e in blocks]
+        windows = [(max(0, s - context), min(len(codes1), e + lookahead)) for codes1, _, _, s, e in blocks]
         B = len(blocks)
-        text, text_lengths = _pad([ids for _, ids, _, _ in blocks], self.frontend.vocab.pad_id, device)
+        text, text_lengths = _pad([r.texts[i] for _, r, i, _, _ in blocks], self.frontend.vocab.pad_id, device)
         lengths = torch.tensor([hi - lo for lo, hi in windows], dtype=torch.long, device=device)
         codes1 = torch.zeros(B, int(lengths.max()), dtype=torch.long, device=device)
-        for b, ((frames, _, _, _), (lo, hi)) in enumerate(zip(blocks, windows)):
+        for b, ((frames, *_), (lo, hi)) in enumerate(zip(blocks, windows)):
             codes1[b, : hi - lo] = frames[lo:hi].to(device)
-        prompt_codes = voice.codes.long().to(device)[:K]  # [K, P]
-        prompt = prompt_codes[None].expand(B, -1, -1)
-        prompt_lengths = torch.full((B,), prompt.shape[2], dtype=torch.long, device=device)
+        prompt, prompt_lengths = _pad_prompts([r.voice for _, r, _, _, _ in blocks], device, K)
         codes, probabilities = generate_nar(self.nar, text, text_lengths, prompt, prompt_lengths, codes1, lengths,
                                             return_probabilities=True)  # [B, K, W], [B, K, W, C]
-        P = prompt_codes.shape[1]
-        prompt_tail = F.one_hot(prompt_codes[:, P - min(P, context):], self.codec.codebook_size).float()  # [K, c, C]
         out = []
-        for b, ((_, _, s, e), (lo, hi)) in enumerate(zip(blocks, windows)):
+        for b, ((_, r, _, s, e), (lo, hi)) in enumerate(zip(blocks, windows)):
             window = probabilities[b, :, : hi - lo].to(device, torch.float32)  # [K, hi - lo, C]
-            before = prompt_tail if lo == 0 else window[:, :0]  # a chunk's start follows the prompt's end
+            if lo == 0:  # a chunk's start follows the prompt's end
+                tail = r.voice.codes.long().to(device)[:K, -context:] if context else window.new_zeros(K, 0).long()
+                before = F.one_hot(tail, self.codec.codebook_size).float()  # [K, c, C]
+            else:
+                before = window[:, :0]
             wav = self.codec.decode_expected(torch.cat([before, window], 1)[None])[0, 0]
             offset = (before.shape[1] + s - lo) * hop
             out.append((codes[b, :, s - lo : e - lo].cpu(),
@@ -457,6 +506,44 @@ class TTS:
             if k < len(segments) - 1:
                 parts.append(np.zeros(int(round(segment.chunk.pause * self.sample_rate)), dtype=np.float32))
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class _Request:
+    """One text to speak in one voice, as the models read it: token ids per chunk (see `TTS._texts`)."""
+
+    voice: Voice
+    chunks: list[Chunk]
+    texts: list[list[int]]
+    prompt_text_length: int
+    seed: int
+    language: str
+
+
+def _check_settings(seed: Any, best_of: int, batch_size: int) -> None:
+    if best_of < 1 or batch_size < 1:
+        raise ValueError(f"best_of and batch_size must be at least 1, got {best_of} and {batch_size}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+
+
+def _per_text(name: str, value: Any, n: int) -> list[Any]:
+    """One value for every text, or a list of one per text."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ValueError(f"{name} must be one value or a list of one per text ({n}), got {len(value)}")
+        return value
+    return [value] * n
+
+
+def _pad_prompts(voices: list[Voice], device: torch.device, n_q: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The voices' codes -> (LongTensor [B, K, P] zero-padded at the end, lengths [B])."""
+    lengths = torch.tensor([v.codes.shape[1] for v in voices], dtype=torch.long)
+    K = n_q or voices[0].codes.shape[0]
+    out = torch.zeros(len(voices), K, int(lengths.max()), dtype=torch.long)
+    for b, voice in enumerate(voices):
+        out[b, :, : voice.codes.shape[1]] = voice.codes[:K].long()
+    return out.to(device), lengths.to(device)
 
 
 def _chunks(text: str, max_chars: int) -> list[Chunk]:

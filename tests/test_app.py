@@ -53,7 +53,7 @@ class ARSpy:
 
         def spy(model, text, text_lengths, prompt, prompt_lengths, **kwargs):
             self.calls.append(dict(text=text.clone(), text_lengths=text_lengths.clone(), prompt=prompt.clone(),
-                                   **kwargs))
+                                   prompt_lengths=prompt_lengths.clone(), **kwargs))
             return real(model, text, text_lengths, prompt, prompt_lengths, **kwargs)
 
         monkeypatch.setattr(app.tts, "generate_ar", spy)
@@ -337,3 +337,45 @@ def test_whisper_asr_plumbing(model_dir, prompt, tmp_path):
     assert len(wav) > 0
     with pytest.raises(FileNotFoundError, match="neither a directory nor a hub id"):
         WhisperASR.from_pretrained(tmp_path / "no-whisper")
+
+
+# -- many texts in one call ----------------------------------------------------------------------------
+
+
+def test_a_batch_of_texts_sounds_as_each_text_alone(tts, prompt, monkeypatch):
+    other = (speech_like(4.0, SR, seed=11), SR)
+    texts = [TEXT, "We waited almost twenty minutes. Then it rained.", "Hello there."]
+    spy = ARSpy(monkeypatch)
+    batch = tts.generate_batch(texts, [prompt, other, prompt], [PROMPT_TEXT, None, PROMPT_TEXT], seeds=[3, 4, 5])
+    assert len(spy.calls) == 1  # every sentence of every text in one AR batch
+    assert spy.calls[0]["text"].shape[0] == sum(len(result.segments) for result in batch) >= 3
+    assert spy.calls[0]["prompt_lengths"].unique().numel() == 2  # two voices, padded to one length
+    for text, result, voice_prompt, prompt_text, seed in zip(texts, batch, [prompt, other, prompt],
+                                                            [PROMPT_TEXT, None, PROMPT_TEXT], [3, 4, 5]):
+        alone = tts.generate(text, voice_prompt, prompt_text, seed=seed)
+        assert result.voice.prompt_text == prompt_text
+        assert result.wav.shape == alone.wav.shape
+        np.testing.assert_allclose(result.wav, alone.wav, atol=1e-5)
+    waves = tts.synthesize_batch(texts[:2], prompt, seeds=7)
+    assert [len(w) for w, _ in waves] == [len(tts.synthesize(t, prompt, seed=7)[0]) for t in texts[:2]]
+
+
+def test_a_prompt_given_once_is_prepared_once(tts, prompt, monkeypatch):
+    prepared = []
+    real = tts.prepare_voice
+    monkeypatch.setattr(tts, "prepare_voice", lambda *a, **k: prepared.append(1) or real(*a, **k))
+    tts.generate_batch([TEXT, "Hello there.", "Goodbye now."], prompt)
+    assert len(prepared) == 1
+
+
+def test_bad_batches_are_clear_errors(tts, prompt):
+    with pytest.raises(ValueError, match="at least one text"):
+        tts.generate_batch([], prompt)
+    with pytest.raises(ValueError, match="one per text"):
+        tts.generate_batch([TEXT, TEXT], [prompt], None)
+    with pytest.raises(ValueError, match="seeds"):
+        tts.generate_batch([TEXT, TEXT], prompt, seeds=[1, 2, 3])
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        tts.generate_batch([TEXT], prompt, seeds=[1.5])
+    with pytest.raises(ValueError, match="nothing to say"):
+        tts.generate_batch([TEXT, "..."], prompt)
