@@ -48,6 +48,7 @@ from app.scoring import unit
 from app.prompt import MAX_SECONDS as MAX_PROMPT_SECONDS
 from app.prompt import PromptError
 from app.tts import DEFAULT_SAMPLING, TTS, Synthesis
+from app.voice import Voice
 from lm.sampling import SamplingConfig
 from codec.evaluation import CodecReport, evaluate_codec, finite_or_none, reconstruction_label
 from data.audio import AudioError, load_audio, resample, write_audio
@@ -62,6 +63,7 @@ CODEC_1 = "codec_codebook_1"
 NAR_ON_RECORDING = "nar_on_recording"
 MIN_PROMPT_SECONDS = 3.0  # preferred prompt length: VALL-E's 3 s; shorter ones are used when a speaker has no other
 N_REFERENCES = 5  # recordings averaged into a speaker's voice embedding
+SYNTHESIS_BATCH = 8  # items synthesized together (TTS.generate_batch)
 ALL = "all"
 UNKNOWN_FAMILY = "unknown"
 TARGET_WER_RATIO = 1.5  # the quality target: WER <= 1.5 x the ground truth's
@@ -195,7 +197,6 @@ class Rendering:
     sim_prompt: float | None = None  # cosine similarity to the prompt recording
     sim_own: float | None = None  # to the speaker's voice (their other recordings)
     sim_others: float | None = None  # to the other test speakers' voices, averaged
-    seconds: float | None = None  # synthesis wall time (syntheses only)
 
     @property
     def wer(self) -> float | None:
@@ -398,7 +399,7 @@ class TTSReport:
                 )
         if self.synthesis_rtf is not None:
             lines += ["", f"Synthesis real-time factor: {self.synthesis_rtf:.2f} (seconds of compute per second "
-                          "of speech)."]
+                          f"of speech, {SYNTHESIS_BATCH} items per batch)."]
         failed = {f"{item.id} ({system})": why for item in self.items for system, why in item.errors.items()}
         if failed:
             lines += ["", f"{len(failed)} syntheses failed: "
@@ -476,6 +477,7 @@ def evaluate_tts(
     keep_examples: int = 3,
     meter_notes: Mapping[str, str] | None = None,
     sampling: SamplingConfig = DEFAULT_SAMPLING,
+    batch_size: int = SYNTHESIS_BATCH,
 ) -> TTSReport:
     """Synthesize every item in each prompt mode and measure it with its ground truth and codec resynthesis.
 
@@ -483,6 +485,7 @@ def evaluate_tts(
     asr / speaker: meters, or None to skip those measurements (`meter_notes` says why, for the report).
     wav_dir: where each synthesis is written, as `<id>.<system>.wav`.
     The first `keep_examples` items keep their waveforms (prompt, syntheses, ground truth) for figures.
+    batch_size: items synthesized together (`TTS.generate_batch`; each sounds as it would alone).
     """
     if not items:
         raise ValueError("evaluate_tts got no items: the manifest needs speakers with at least two utterances")
@@ -497,7 +500,8 @@ def evaluate_tts(
     full, first = reconstruction_label(tts.codec, K), reconstruction_label(tts.codec, 1)
     wav_dir = Path(wav_dir) if wav_dir is not None else None
     results, examples, attention_example = [], {}, None
-    synthesis_seconds = synthesized = 0.0
+    syntheses, synthesis_seconds = _synthesize_items(tts, items, prompt_modes, sampling, batch_size)
+    synthesized = sum(s.duration for s in syntheses.values() if isinstance(s, Synthesis))
 
     progress = tqdm(items, desc="evaluating TTS", unit="item", disable=None)
     for index, item in enumerate(progress):
@@ -519,19 +523,11 @@ def evaluate_tts(
                                                                                prompt_sr, prompt_modes[0])), sr)
         except (PromptError, ValueError) as error:
             result.errors[NAR_ON_RECORDING] = str(error)
-        timings = {}
         for mode, system in zip(prompt_modes, systems):
-            start = time.perf_counter()
-            try:
-                synthesis = tts.generate(item.target.text, (prompt[0], prompt_sr),
-                                         item.prompt.text if mode == "with" else None,
-                                         seed=item.seed, language=item.target.language, sampling=sampling)
-            except (PromptError, ValueError) as error:
-                result.errors[system] = str(error)
+            synthesis = syntheses[index, mode]
+            if not isinstance(synthesis, Synthesis):
+                result.errors[system] = synthesis
                 continue
-            timings[system] = time.perf_counter() - start
-            synthesis_seconds += timings[system]
-            synthesized += synthesis.duration
             renderings[system] = (torch.from_numpy(synthesis.wav), synthesis.sample_rate)
             if attention_example is None:
                 attention_example = (item, synthesis)
@@ -541,8 +537,6 @@ def evaluate_tts(
                 result.wavs[system] = name
         for system, (wav, rate) in renderings.items():
             result.renderings[system] = meters.measure(wav, rate, item)
-            if system in timings:
-                result.renderings[system].seconds = timings[system]
         if index < keep_examples:
             examples[item.target.id] = {
                 "prompt": resample(prompt, prompt_sr, sr)[0],
@@ -574,6 +568,50 @@ def evaluate_tts(
     return TTSReport(meters=meter_names, settings=settings, items=results, summary=summary, codec=codec,
                      synthesis_rtf=synthesis_seconds / synthesized if synthesized else None, examples=examples,
                      sample_rate=sr, attention_example=attention_example)
+
+
+def _synthesize_items(tts: TTS, items: Sequence[EvalItem], prompt_modes: Sequence[str], sampling: SamplingConfig,
+                      batch_size: int) -> tuple[dict[tuple[int, str], Synthesis | str], float]:
+    """Every item in every prompt mode, `batch_size` items at a time -> ({(index, mode): Synthesis or the
+    error that stopped it}, seconds spent). A prompt the TTS refuses fails its own item only."""
+    out: dict[tuple[int, str], Synthesis | str] = {}
+    voices: dict[tuple[int, str], Voice] = {}
+    for index, item in enumerate(items):
+        try:
+            prompt, prompt_sr = load_audio(item.prompt.audio_path)
+            for mode in prompt_modes:
+                voices[index, mode] = tts.prepare_voice((prompt[0], prompt_sr),
+                                                        item.prompt.text if mode == "with" else None,
+                                                        item.target.language)
+        except (AudioError, PromptError, ValueError) as error:
+            for mode in prompt_modes:
+                out[index, mode] = str(error)
+    jobs = [(index, mode) for mode in prompt_modes for index in range(len(items)) if (index, mode) in voices]
+    by_language: dict[str, list[tuple[int, str]]] = {}
+    for job in jobs:
+        by_language.setdefault(items[job[0]].target.language, []).append(job)
+    start = time.perf_counter()
+    progress = tqdm(total=len(jobs), desc="synthesizing", unit="item", disable=None)
+    for language, group in by_language.items():
+        for first in range(0, len(group), batch_size):
+            batch = group[first:first + batch_size]
+            texts = [items[index].target.text for index, _ in batch]
+            try:
+                results = tts.generate_batch(texts, voices=[voices[job] for job in batch],
+                                             seeds=[items[index].seed for index, _ in batch], language=language,
+                                             sampling=sampling)
+            except ValueError:  # a text with nothing to say: find it, synthesize the rest one by one
+                results = []
+                for job, text in zip(batch, texts):
+                    try:
+                        results.append(tts.generate(text, voice=voices[job], seed=items[job[0]].seed,
+                                                    language=language, sampling=sampling))
+                    except ValueError as error:
+                        results.append(str(error))
+            out.update(zip(batch, results))
+            progress.update(len(batch))
+    progress.close()
+    return out, time.perf_counter() - start
 
 
 def _nar_on_recording(tts: TTS, item: EvalItem, truth: torch.Tensor, truth_sr: int, prompt: torch.Tensor,
