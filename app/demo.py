@@ -40,6 +40,9 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import gradio as gr
 import numpy as np
 
+from app.meters import MeterUnavailable
+from app.scoring import SCORER_NAMES
+
 if TYPE_CHECKING:
     from app.tts import TTS, Synthesis
     from lm.sampling import SamplingConfig
@@ -113,6 +116,9 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
                                           label="Top-k", info="sample from the k likeliest codes (0: all)")
                         best_of = gr.Slider(1, MAX_BEST_OF, value=1, step=1, label="Best of N",
                                             info="candidates per sentence; the best-scored one is kept")
+                    rerank = gr.CheckboxGroup(list(SCORER_NAMES), value=["logprob"], label="Score the candidates by",
+                                              info="logprob: the model's confidence; asr: the text an ASR hears; "
+                                                   "speaker: how close the voice is to the prompt's")
                     seed = gr.Number(value=0, precision=0, label="Seed", info="the same seed gives the same audio")
                 with gr.Row():
                     button = gr.Button("Synthesize", variant="primary")
@@ -127,10 +133,10 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
             _add_examples(demo, prompt_wav, prompt_text, text)
 
         def synthesize(prompt_wav: str | None, prompt_text: str, text: str, language: str, temperature: float,
-                       top_k: float, top_p: float, seed: float, best_of: float):
+                       top_k: float, top_p: float, seed: float, best_of: float, rerank: list[str]):
             with _page_errors(prompt_wav):
                 return _synthesize(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed,
-                                   best_of)
+                                   best_of, rerank)
 
         def stream(prompt_wav: str | None, prompt_text: str, text: str, language: str, temperature: float,
                    top_k: float, top_p: float, seed: float):
@@ -138,7 +144,8 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
                 yield from _stream(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed)
 
         form = [prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed]
-        button.click(synthesize, inputs=[*form, best_of], outputs=[audio, spectrogram, info], api_name="synthesize")
+        button.click(synthesize, inputs=[*form, best_of, rerank], outputs=[audio, spectrogram, info],
+                     api_name="synthesize")
         if streaming:
             stream_button.click(stream, inputs=form, outputs=[streamed, info], api_name="stream")
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
@@ -152,7 +159,7 @@ def _page_errors(prompt_wav: str | None) -> Iterator[None]:
         yield
     except gr.Error:
         raise
-    except ValueError as error:  # PromptError, VoiceError, EmptyTextError, settings out of range
+    except (ValueError, MeterUnavailable) as error:  # PromptError, VoiceError, EmptyTextError, bad settings
         raise gr.Error(_tidy_message(str(error), prompt_wav), print_exception=False) from None
     except Exception as error:  # noqa: BLE001 - the page shows one line; the log keeps the traceback
         logger.exception("synthesis failed")
@@ -164,8 +171,8 @@ def _page_errors(prompt_wav: str | None) -> Iterator[None]:
 
 
 def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: str | None, language: str,
-                temperature: float, top_k: float, top_p: float, seed: float | None,
-                best_of: float) -> tuple[tuple[int, np.ndarray], np.ndarray, str]:
+                temperature: float, top_k: float, top_p: float, seed: float | None, best_of: float,
+                rerank: Sequence[str] | None = ("logprob",)) -> tuple[tuple[int, np.ndarray], np.ndarray, str]:
     """One request of the form -> ((sample_rate, int16 [T]), spectrogram RGB [H, W, 3], details)."""
     from app.prompt import MAX_SECONDS
 
@@ -174,8 +181,12 @@ def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, tex
     if not 1 <= best_of <= MAX_BEST_OF:
         raise ValueError(f"best of N must be between 1 and {MAX_BEST_OF}, got {best_of}")
     start = time.perf_counter()
+    if not rerank:
+        raise gr.Error("Tick at least one way to score the candidates (logprob scores them without listening).",
+                       print_exception=False)
     result = tts.generate(text, prompt_wav, (prompt_text or "").strip() or None, seed=int(seed or 0),
-                          sampling=sampling, best_of=best_of, language=language or "en-us")
+                          sampling=sampling, best_of=best_of, language=language or "en-us",
+                          scorers=",".join(rerank) if best_of > 1 else None)
     elapsed = time.perf_counter() - start
     if result.wav.size == 0:
         raise gr.Error("The model wrote no audio for this text; try another seed or a higher temperature.",

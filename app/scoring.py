@@ -14,6 +14,10 @@ candidate with the highest weighted sum over the scorers wins (the first on a ti
 
 Scorers with `needs_audio` make every candidate go through the NAR and the codec; without
 them only the winners do.
+
+`scorers_by_name("asr,speaker")` builds them from names (the CLI's `--rerank`, the server's
+and the demo's choice), loading the listening ones' models: the ASR ("pocketsphinx" by default,
+or a Whisper directory) and the speaker encoder ("resemblyzer" by default, or an x-vector model).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,10 +76,15 @@ def logprob_scorer(weight: float = 1.0) -> Scorer:
 
 
 def asr_scorer(asr, weight: float = 5.0) -> Scorer:
-    """`asr` has `transcribe_batch(wavs, sample_rate, language) -> list[str]` (app.asr.WhisperASR)."""
+    """`asr` has `transcribe_batch(wavs, sample_rate, language) -> list[str]` (app.asr.WhisperASR), or
+    `transcribe(wav, sample_rate) -> str` (the meters of app.meters, e.g. pocketsphinx)."""
 
     def score(candidates: Sequence[Candidate]) -> list[float]:
-        heard = asr.transcribe_batch([c.wav for c in candidates], candidates[0].sample_rate, candidates[0].language)
+        rate = candidates[0].sample_rate
+        if hasattr(asr, "transcribe_batch"):
+            heard = asr.transcribe_batch([c.wav for c in candidates], rate, candidates[0].language)
+        else:
+            heard = [asr.transcribe(c.wav, rate) for c in candidates]
         return [-character_error_rate(c.text, text) for c, text in zip(candidates, heard)]
 
     return Scorer("asr", score, weight, needs_audio=True)
@@ -89,6 +98,37 @@ def speaker_scorer(embed: Callable[[np.ndarray, int], np.ndarray], weight: float
         return [float(unit(embed(c.wav, c.sample_rate)) @ reference) for c in candidates]
 
     return Scorer("speaker", score, weight, needs_audio=True)
+
+
+SCORER_NAMES = ("logprob", "asr", "speaker")
+
+
+def scorers_by_name(names: str | Sequence[str], *, asr: Any = "pocketsphinx", speaker: Any = "resemblyzer",
+                    language: str = "en-us", device: str = "cpu") -> list[Scorer]:
+    """`"asr,speaker"` (or a list of names from SCORER_NAMES) -> their scorers, in that order.
+
+    asr / speaker: a loaded meter, or its spec for `app.meters.load_asr` / `load_speaker`; only the
+    named ones are loaded. Raises ValueError for an unknown or repeated name, and
+    app.meters.MeterUnavailable when a model cannot be loaded (it says what to install).
+    """
+    listed = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    listed = [n for n in listed if n]
+    unknown = [n for n in listed if n not in SCORER_NAMES]
+    if unknown or not listed or len(set(listed)) != len(listed):
+        raise ValueError(f"rerank with one or more of {', '.join(SCORER_NAMES)}, each once (e.g. 'asr,speaker'); "
+                         f"got {names!r}")
+    from app.meters import load_asr, load_speaker
+
+    scorers = []
+    for name in listed:
+        if name == "logprob":
+            scorers.append(logprob_scorer())
+        elif name == "asr":
+            scorers.append(asr_scorer(load_asr(asr, language, device) if isinstance(asr, str) else asr))
+        else:
+            meter = load_speaker(speaker, device) if isinstance(speaker, str) else speaker
+            scorers.append(speaker_scorer(meter.embed))
+    return scorers
 
 
 def unit(vector) -> np.ndarray:

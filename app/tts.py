@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from app.chunking import MAX_CHARS, Chunk, split_text
 from app.prompt import prepare_prompt
-from app.scoring import Candidate, Scorer, asr_scorer, logprob_scorer, pick_best
+from app.scoring import Candidate, Scorer, asr_scorer, logprob_scorer, pick_best, scorers_by_name
 from app.streaming import EdgeTrimmer, block_bounds
 from app.voice import Voice, VoiceError, load_voice
 from codec.interface import Codec, load_codec
@@ -113,6 +113,7 @@ class TTS:
         if scorers is None:
             scorers = [logprob_scorer()] + ([asr_scorer(asr)] if asr is not None else [])
         self.scorers = list(scorers)
+        self._named_scorers: dict[tuple[str, str], list[Scorer]] = {}  # "asr,speaker" -> loaded once
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu", *,
@@ -210,13 +211,15 @@ class TTS:
     def synthesize(self, text: str, prompt_wav: Any = None, prompt_text: str | None = None, *,
                    voice: Voice | str | Path | None = None, seed: int = 0,
                    sampling: SamplingConfig = DEFAULT_SAMPLING, best_of: int = 1, language: str = "en-us",
-                   scorers: Sequence[Scorer] | None = None, max_chars: int = MAX_CHARS,
+                   scorers: Sequence[Scorer] | str | None = None, max_chars: int = MAX_CHARS,
                    batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, int]:
         """Speak `text` in the voice of `prompt_wav` (or of a `voice` preset) -> (float32 [T], sample_rate).
 
         prompt_wav: a path, or (waveform, sample_rate); prompt_text: what it says, if known.
         seed: the same seed gives the same audio. best_of: candidates per chunk; `scorers`
-        (default `self.scorers`) pick one. Raises PromptError, VoiceError or ValueError.
+        (default `self.scorers`) pick one: Scorers, or names such as "asr,speaker" (the ASR and
+        speaker models are loaded once, see app.scoring.scorers_by_name). Raises PromptError,
+        VoiceError or ValueError.
         """
         result = self.generate(text, prompt_wav, prompt_text, voice=voice, seed=seed, sampling=sampling,
                                best_of=best_of, language=language, scorers=scorers, max_chars=max_chars,
@@ -227,7 +230,7 @@ class TTS:
     def generate(self, text: str, prompt_wav: Any = None, prompt_text: str | None = None, *,
                  voice: Voice | str | Path | None = None, seed: int = 0,
                  sampling: SamplingConfig = DEFAULT_SAMPLING, best_of: int = 1, language: str = "en-us",
-                 scorers: Sequence[Scorer] | None = None, max_chars: int = MAX_CHARS,
+                 scorers: Sequence[Scorer] | str | None = None, max_chars: int = MAX_CHARS,
                  batch_size: int = BATCH_SIZE) -> Synthesis:
         """`synthesize`, returning every chunk's candidates and scores too (a Synthesis)."""
         _check_settings(seed, best_of, batch_size)
@@ -239,7 +242,7 @@ class TTS:
     def generate_batch(self, texts: Sequence[str], prompt_wavs: Any = None, prompt_texts: Any = None, *,
                        voices: Any = None, seeds: int | Sequence[int] = 0,
                        sampling: SamplingConfig = DEFAULT_SAMPLING, best_of: int = 1, language: str = "en-us",
-                       scorers: Sequence[Scorer] | None = None, max_chars: int = MAX_CHARS,
+                       scorers: Sequence[Scorer] | str | None = None, max_chars: int = MAX_CHARS,
                        batch_size: int = BATCH_SIZE) -> list[Synthesis]:
         """Many texts in one call: their sentences share the AR and NAR batches -> one Synthesis per text.
 
@@ -276,14 +279,26 @@ class TTS:
         return [(result.wav, result.sample_rate)
                 for result in self.generate_batch(texts, prompt_wavs, prompt_texts, **options)]
 
+    def _scorers(self, scorers: Sequence[Scorer] | str | None, language: str) -> list[Scorer]:
+        if scorers is None:
+            return list(self.scorers)
+        if isinstance(scorers, str):
+            key = (scorers, language)
+            if key not in self._named_scorers:
+                self._named_scorers[key] = scorers_by_name(
+                    scorers, asr=self.asr if self.asr is not None else "pocketsphinx", language=language,
+                    device=str(self.device))
+            return self._named_scorers[key]
+        return list(scorers)
+
     def _request(self, text: str, voice: Voice, seed: int, language: str, max_chars: int) -> _Request:
         chunks = _chunks(text, max_chars)
         ids, prompt_text_length = self._texts([chunk.text for chunk in chunks], voice, language)
         return _Request(voice, chunks, ids, prompt_text_length, seed, language)
 
     def _generate(self, requests: list[_Request], sampling: SamplingConfig, best_of: int,
-                  scorers: Sequence[Scorer] | None, batch_size: int) -> list[Synthesis]:
-        scorers = list(self.scorers if scorers is None else scorers)
+                  scorers: Sequence[Scorer] | str | None, batch_size: int) -> list[Synthesis]:
+        scorers = self._scorers(scorers, requests[0].language)
         needs_audio = any(scorer.needs_audio for scorer in scorers)
         # (request, chunk, candidate), longest texts first so that batches pad little
         items = [(r, i, j) for r in requests for i in range(len(r.chunks)) for j in range(best_of)]

@@ -379,3 +379,47 @@ def test_bad_batches_are_clear_errors(tts, prompt):
         tts.generate_batch([TEXT], prompt, seeds=[1.5])
     with pytest.raises(ValueError, match="nothing to say"):
         tts.generate_batch([TEXT, "..."], prompt)
+
+
+# -- best of N that listens ----------------------------------------------------------------------------
+
+
+def test_reranking_by_speaker_keeps_the_candidate_closest_to_the_prompts_voice(tts, prompt):
+    pytest.importorskip("resemblyzer")
+    from app.meters import load_speaker
+
+    result = tts.generate(TEXT, prompt, seed=4, best_of=4, scorers="speaker")
+    segment = result.segments[0]
+    encoder = load_speaker("resemblyzer")
+    reference = encoder.embed(segment.chosen.prompt_wav, tts.sample_rate)
+    similarity = [float(encoder.embed(c.wav, tts.sample_rate) @ reference) for c in segment.candidates]
+    assert segment.best == int(np.argmax(similarity))  # the closest voice wins
+    assert [row["speaker"] for row in segment.scores] == pytest.approx(similarity, abs=1e-6)
+    assert len(set(np.round(similarity, 4))) > 1  # the candidates did differ
+
+
+def test_rerank_names_are_checked(tts, prompt):
+    from app.scoring import scorers_by_name
+
+    assert [s.name for s in scorers_by_name("logprob")] == ["logprob"]
+    for bad in ["", "asr,asr", "loudness", "speaker,wer"]:
+        with pytest.raises(ValueError, match="rerank with one or more of logprob, asr, speaker"):
+            tts.synthesize(TEXT, prompt, best_of=2, scorers=bad)
+
+
+def test_reranking_by_asr_keeps_the_candidate_heard_closest_to_the_text(tts, prompt):
+    from app.scoring import scorers_by_name
+
+    class HearsTheTextInOne:  # an ASR meter (one waveform at a time) that hears the text in one length only
+        right_length = -1
+
+        def transcribe(self, wav, sample_rate):
+            return TEXT if len(wav) == self.right_length else "something else entirely"
+
+    meter = HearsTheTextInOne()
+    scorers = scorers_by_name("asr", asr=meter)
+    lengths = [len(c.wav) for c in tts.generate(TEXT, prompt, seed=8, best_of=3, scorers=scorers).segments[0].candidates]
+    meter.right_length = max(lengths)
+    segment = tts.generate(TEXT, prompt, seed=8, best_of=3, scorers=scorers).segments[0]
+    assert len(set(lengths)) > 1 and len(segment.chosen.wav) == max(lengths)
+    assert segment.scores[segment.best]["asr"] == 0.0 and min(row["asr"] for row in segment.scores) < -0.5

@@ -72,7 +72,7 @@ def prompts(tmp_path_factory) -> dict[str, Path]:
 
 def ask(client: Client, prompt: Path | None, text: str = TEXT, **settings):
     inputs = dict(prompt_wav=handle_file(str(prompt)) if prompt else None, prompt_text="", text=text,
-                  language="en-us", temperature=1.0, top_k=0, top_p=0.9, seed=0, best_of=1)
+                  language="en-us", temperature=1.0, top_k=0, top_p=0.9, seed=0, best_of=1, rerank=["logprob"])
     return client.predict(**{**inputs, **settings}, api_name=API)
 
 
@@ -129,6 +129,14 @@ def test_an_unexpected_failure_is_one_line_in_the_page(client, tts, prompts, mon
         ask(client, prompts["good"])
     assert "Synthesis failed unexpectedly (RuntimeError: the codec ran out of memory)" in str(error.value)
     assert "Traceback" not in str(error.value)
+
+
+def test_the_candidates_are_scored_the_way_the_page_asks(client, prompts):
+    pytest.importorskip("resemblyzer")
+    _, _, info = ask(client, prompts["good"], best_of=2, rerank=["logprob", "speaker"])
+    assert "best of 2: kept candidate" in info and "(logprob+speaker)" in info
+    with pytest.raises(AppError, match="Tick at least one way to score the candidates"):
+        ask(client, prompts["good"], best_of=2, rerank=[])
 
 
 def test_details_name_each_sentence(client, prompts):
