@@ -1,17 +1,21 @@
-"""How soon a stream starts to speak, and what streaming costs against whole synthesis.
+"""How soon a stream starts to speak, what streaming costs, and what batching many texts buys.
 
-    python recipes/benchmark_streaming.py --model runs/long/model --prompt runs/long/corpus/audio/spk005/spk005_00001.flac
+    python recipes/benchmark_synthesis.py --model runs/long/model --prompt runs/long/corpus/audio/spk005/spk005_00001.flac
 
-For each sentence (the first `--sentences` of a built-in list, or of `--text-file`), with the
-prompt prepared once as a voice preset (as a server holds it) and `--threads` torch threads:
+With the prompt prepared once as a voice preset (as a server holds it) and `--threads` torch threads:
 
+Streaming, for each of `--sentences` sentences (a built-in list, or `--text-file`):
 - time to first audio: from calling `TTS.stream` to its first chunk;
 - real-time factor of the stream (all its chunks) and of `TTS.synthesize` (compute seconds per
   second of audio; below 1 is faster than real time);
 - the largest difference between the stream's concatenation and the whole synthesis (the same
   seed gives the same audio, up to float rounding).
 
-Prints a markdown table and the medians. The first call of each kind warms up and is not counted.
+Batches, for each of `--batches` N: N sentences (the list, repeated as needed, each with its own
+seed) in one `TTS.synthesize_batch` call, against the same N synthesized one at a time: sentences
+per second and real-time factor of both.
+
+Prints markdown tables. The first call of each kind warms up and is not counted.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8, 32], help="texts per batch (none: skip)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -86,6 +91,25 @@ def main() -> None:
     median = lambda i: statistics.median(row[i] for row in rows)  # noqa: E731
     print(f"\nmedian: first audio {median(2):.3f} s, RTF stream {median(3):.3f}, RTF whole {median(4):.3f}; "
           f"largest difference {max(row[6] for row in rows):.1e}")
+
+    if not args.batches:
+        return
+    print("\n| texts | one at a time: sentences/s | RTF | one batch: sentences/s | RTF | speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in args.batches:
+        texts = [sentences[k % len(sentences)] for k in range(n)]
+        seeds = [args.seed + k for k in range(n)]
+        start = time.perf_counter()
+        alone = [tts.synthesize(text, voice=voice, seed=seed)[0] for text, seed in zip(texts, seeds)]
+        alone_s = time.perf_counter() - start
+        start = time.perf_counter()
+        batched = [wav for wav, _ in tts.synthesize_batch(texts, voices=voice, seeds=seeds)]
+        batch_s = time.perf_counter() - start
+        audio_s = sum(len(w) for w in batched) / tts.sample_rate
+        if [len(w) for w in batched] != [len(w) for w in alone]:
+            raise SystemExit("a batched synthesis differs from the same text alone: a bug, please report it")
+        print(f"| {n} | {n / alone_s:.2f} | {alone_s / audio_s:.3f} | {n / batch_s:.2f} | {batch_s / audio_s:.3f} | "
+              f"{alone_s / batch_s:.2f}x |")
 
 
 if __name__ == "__main__":
