@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.tts import TTS
+    from lm.sampling import SamplingConfig
 
 EPILOG = """\
 examples:
@@ -15,7 +23,10 @@ examples:
       --text-file story.txt --best-of 4 --out story.wav
   echo-tts voice --model runs/lm/model --prompt me.wav --out me.voice
   echo-tts synthesize --model runs/lm/model --voice me.voice --text "Hello again." --out again.wav
+  echo-tts synthesize --model runs/lm/model --voice me.voice --text "Hello again." --stream --out - \\
+      | aplay -f S16_LE -r 16000 -c 1
   echo-tts demo --model runs/lm/model --port 7860
+  echo-tts serve --model runs/lm/model --port 8000 --voices-dir voices
 
 Run `echo-tts COMMAND --help` for a command's options.
 """
@@ -48,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "synthesize",
         help="speak a text in the voice of a recording or of a voice preset",
         description="Speak --text (or --text-file) in the voice of --prompt (3-10 s of speech) or of a --voice "
-                    "preset, and write the audio to --out (.wav, .flac or .ogg).",
-        epilog="example:\n"
-               '  echo-tts synthesize --model runs/lm/model --prompt me.wav --text "Hello there." --out hello.wav',
+                    "preset, and write the audio to --out (.wav, .flac or .ogg; - for raw 16-bit PCM on stdout).",
+        epilog="examples:\n"
+               '  echo-tts synthesize --model runs/lm/model --prompt me.wav --text "Hello there." --out hello.wav\n'
+               '  echo-tts synthesize --model runs/lm/model --voice me.voice --text "Hi." --stream --out - \\\n'
+               "      | aplay -f S16_LE -r 16000 -c 1      # -r: the model's sample rate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_arguments(synth)
@@ -58,13 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--text", help="the text to speak")
     text.add_argument("--text-file", type=Path, help="a UTF-8 text file to speak (long texts are split into sentences)")
     _voice_arguments(synth, preset=True)
-    synth.add_argument("--out", type=Path, required=True, help="where to write the audio (.wav, .flac or .ogg)")
+    synth.add_argument("--out", type=Path, required=True,
+                       help="where to write the audio (.wav, .flac or .ogg), or - for raw 16-bit little-endian mono "
+                            "PCM at the model's sample rate on stdout")
+    synth.add_argument("--stream", action="store_true",
+                       help="write the audio as it is made, sentence by sentence and block by block (one candidate "
+                            "per sentence: no --best-of)")
     synth.add_argument("--seed", type=int, default=0, help="the same seed gives the same audio (default 0)")
     synth.add_argument("--temperature", type=float, default=None,
                        help="AR sampling temperature (default 1.0; 0 is greedy)")
     synth.add_argument("--top-k", type=int, default=None, help="sample from the k most likely codes (default 0: all)")
     synth.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 0.9)")
     synth.add_argument("--best-of", type=int, default=1, help="candidates per sentence; the best-scored one is kept")
+    synth.add_argument("--rerank", default=None,
+                       help="how --best-of candidates are scored: one or more of logprob, asr, speaker, e.g. "
+                            "asr,speaker (asr: pocketsphinx, or the --asr model; speaker: resemblyzer; default: "
+                            "logprob, and asr when --asr is given)")
     synth.set_defaults(handler=run_synthesize)
 
     voice = commands.add_parser(
@@ -91,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("args", nargs=argparse.REMAINDER, help="--model DIR [--host 127.0.0.1 --port 7860 --share false]")
     demo.set_defaults(handler=run_demo)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve an OpenAI-style speech API over HTTP (FastAPI)",
+        description="Serve an exported model over HTTP; its options are app.server's (run `echo-tts serve --help`).",
+        epilog="example:\n  echo-tts serve --model runs/lm/model --host 127.0.0.1 --port 8000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    serve.add_argument("args", nargs=argparse.REMAINDER,
+                       help="--model DIR [--host 127.0.0.1 --port 8000 --api-key KEY --voices-dir DIR --max-queue N]")
+    serve.set_defaults(handler=run_serve)
     return parser
 
 
@@ -120,13 +154,15 @@ def _load(args: argparse.Namespace):
     return TTS.from_pretrained(args.model, args.device, asr=args.asr)
 
 
-def run_synthesize(args: argparse.Namespace) -> Path:
+def run_synthesize(args: argparse.Namespace) -> Path | None:
     from app.tts import DEFAULT_SAMPLING
-    from data.audio import write_audio
     from lm.sampling import SamplingConfig
 
     if args.prompt_text is not None and args.voice is not None:
         raise CommandError("--prompt-text goes with --prompt; a --voice preset carries its own transcript")
+    if args.stream and args.best_of != 1:
+        raise CommandError("--stream speaks one candidate per sentence (choosing the best of several needs them all "
+                           "first): drop --best-of or --stream")
     if args.text_file is not None:
         try:
             text = args.text_file.read_text(encoding="utf-8")
@@ -137,11 +173,64 @@ def run_synthesize(args: argparse.Namespace) -> Path:
     given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     sampling = SamplingConfig(**{**vars(DEFAULT_SAMPLING), **{k: v for k, v in given.items() if v is not None}})
     tts = _load(args)
+    if args.stream:
+        return _stream(tts, text, sampling, args)
     wav, sample_rate = tts.synthesize(text, args.prompt, args.prompt_text, voice=args.voice, seed=args.seed,
-                                      sampling=sampling, best_of=args.best_of, language=args.language)
+                                      sampling=sampling, best_of=args.best_of, language=args.language,
+                                      scorers=args.rerank)
+    if _to_stdout(args):
+        from app.audio_formats import pcm16
+
+        _write_stdout(pcm16(wav))
+        print(f"wrote {len(wav) / sample_rate:.2f} s of 16-bit PCM at {sample_rate} Hz to stdout", file=sys.stderr)
+        return None
+    from data.audio import write_audio
+
     path = write_audio(args.out, wav, sample_rate)
     print(f"wrote {path} ({len(wav) / sample_rate:.2f} s at {sample_rate} Hz)")
     return path
+
+
+def _stream(tts: "TTS", text: str, sampling: "SamplingConfig", args: argparse.Namespace) -> Path | None:
+    """`TTS.stream` to stdout (raw PCM, flushed piece by piece) or into --out as the pieces come."""
+    from app.audio_formats import ProgressiveAudioFile, pcm16
+
+    to_stdout, rate = _to_stdout(args), tts.sample_rate
+    start, first_audio, samples = time.perf_counter(), None, 0
+    with contextlib.ExitStack() as stack:
+        pieces = stack.enter_context(contextlib.closing(tts.stream(
+            text, args.prompt, args.prompt_text, voice=args.voice, seed=args.seed, sampling=sampling,
+            language=args.language)))
+        out = None if to_stdout else stack.enter_context(ProgressiveAudioFile(args.out, rate))
+        for piece in pieces:
+            if first_audio is None:
+                first_audio = time.perf_counter() - start
+            if out is None:
+                _write_stdout(pcm16(piece))
+            else:
+                out.write(piece)
+            samples += len(piece)
+    latency = f"first audio after {first_audio:.2f} s" if first_audio is not None else "no audio"
+    if to_stdout:
+        print(f"wrote {samples / rate:.2f} s of 16-bit PCM at {rate} Hz to stdout ({latency})", file=sys.stderr)
+        return None
+    print(f"wrote {args.out} ({samples / rate:.2f} s at {rate} Hz, {latency})")
+    return args.out
+
+
+def _to_stdout(args: argparse.Namespace) -> bool:
+    return str(args.out) == "-"
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write audio bytes to stdout now; a reader that went away (aplay stopped, `| head -c`) ends the command."""
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # no second BrokenPipeError when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise CommandError("stdout was closed by its reader before the audio ended") from None
 
 
 def run_voice(args: argparse.Namespace) -> Path:
@@ -165,21 +254,36 @@ def run_demo(args: argparse.Namespace) -> None:
     return demo.main(args.args)
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    try:
+        server = importlib.import_module("app.server")
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] in ("fastapi", "uvicorn", "starlette", "pydantic", "multipart"):
+            raise CommandError("the server needs FastAPI and uvicorn: pip install 'echo-tts[server]' "
+                               f"({error.name} is missing)") from None
+        if error.name == "app.server":
+            raise CommandError("this installation of Echo has no server (app/server.py is missing)") from None
+        raise
+    return server.main(args.args)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if argv[:1] == ["demo"]:  # everything after `demo` is app.demo's to parse, --help included
-        args = argparse.Namespace(handler=run_demo, args=argv[1:])
+    if argv[:1] in (["demo"], ["serve"]):  # everything after the command is app.demo's or app.server's to parse
+        args = argparse.Namespace(handler=run_demo if argv[0] == "demo" else run_serve, command=argv[0],
+                                  args=argv[1:])
     else:
         args = parser.parse_args(argv)
+    from app.meters import MeterUnavailable
     from app.prompt import PromptError
     from app.voice import VoiceError
 
     try:
         args.handler(args)
-    except (CommandError, PromptError, VoiceError, FileNotFoundError, ValueError) as error:
+    except (CommandError, PromptError, VoiceError, MeterUnavailable, FileNotFoundError, ValueError) as error:
         message = " ".join(str(error).split())  # one line, whatever the exception held
-        parser.exit(1, f"echo-tts {getattr(args, 'command', 'demo')}: error: {message}\n")
+        parser.exit(1, f"echo-tts {args.command}: error: {message}\n")
 
 
 if __name__ == "__main__":
