@@ -128,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_serving_arguments(parser: argparse.ArgumentParser, default_host: str, default_port: int) -> None:
+    """--model, --host and --port, as the demo and the server take them."""
+    parser.add_argument("--model", type=Path, required=True, metavar="DIR",
+                        help="an exported model directory (codec/, ar/, nar/, text/)")
+    parser.add_argument("--host", default=default_host,
+                        help=f"address to serve on (default {default_host}: this machine only; 0.0.0.0: the network)")
+    parser.add_argument("--port", type=int, default=default_port, help=f"port to serve on (default {default_port})")
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True,
                         help="an exported model directory (codec/, ar/, nar/, text/)")

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import gradio as gr
 import numpy as np
 
+from app.cli import add_serving_arguments
 from app.meters import MeterUnavailable
 from app.scoring import SCORER_NAMES
 
@@ -334,11 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  echo-tts demo --model runs/lm/model --port 7860",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, required=True, metavar="DIR",
-                        help="an exported model directory (codec/, ar/, nar/, text/)")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to serve on (default {DEFAULT_HOST}: this machine only; 0.0.0.0: the network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    add_serving_arguments(parser, DEFAULT_HOST, DEFAULT_PORT)
     parser.add_argument("--share", type=_on_off, nargs="?", const=True, default=False, metavar="true|false",
                         help="also serve through a public gradio.live link (default off; anyone with the link can "
                              "use the demo)")

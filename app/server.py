@@ -77,6 +77,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - exercised in a subp
                               "missing): pip install 'echo-tts[server]'", name=missing.name) from missing
 
 from app.audio_formats import MEDIA_TYPES, STREAMABLE_FORMATS, encode_audio, pcm16, wav_stream_header
+from app.cli import add_serving_arguments
 from app.meters import MeterUnavailable
 
 if TYPE_CHECKING:
@@ -707,11 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  ECHO_API_KEY=secret echo-tts serve --model runs/lm/model --host 0.0.0.0 --port 8000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, required=True, metavar="DIR",
-                        help="an exported model directory (codec/, ar/, nar/, text/)")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to serve on (default {DEFAULT_HOST}: this machine only; 0.0.0.0: the network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    add_serving_arguments(parser, DEFAULT_HOST, DEFAULT_PORT)
     parser.add_argument("--api-key", default=None,
                         help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV} if set, else no "
                              f"key; prefer the variable: a key on the command line shows in the process list)")
