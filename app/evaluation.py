@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from app.meters import ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_similarity, word_errors
-from app.scoring import unit
+from app.scoring import Scorer, unit
 from app.prompt import MAX_SECONDS as MAX_PROMPT_SECONDS
 from app.prompt import PromptError
 from app.tts import DEFAULT_SAMPLING, TTS, Synthesis
@@ -478,6 +478,8 @@ def evaluate_tts(
     meter_notes: Mapping[str, str] | None = None,
     sampling: SamplingConfig = DEFAULT_SAMPLING,
     batch_size: int = SYNTHESIS_BATCH,
+    best_of: int = 1,
+    scorers: Sequence[Scorer] | str | None = None,
 ) -> TTSReport:
     """Synthesize every item in each prompt mode and measure it with its ground truth and codec resynthesis.
 
@@ -486,6 +488,8 @@ def evaluate_tts(
     wav_dir: where each synthesis is written, as `<id>.<system>.wav`.
     The first `keep_examples` items keep their waveforms (prompt, syntheses, ground truth) for figures.
     batch_size: items synthesized together (`TTS.generate_batch`; each sounds as it would alone).
+    best_of, scorers: candidates per sentence and what chooses among them (`TTS.synthesize`'s); candidate 0
+    of each sentence is the synthesis that best_of=1 gives, so two reports compare item by item.
     """
     if not items:
         raise ValueError("evaluate_tts got no items: the manifest needs speakers with at least two utterances")
@@ -500,7 +504,7 @@ def evaluate_tts(
     full, first = reconstruction_label(tts.codec, K), reconstruction_label(tts.codec, 1)
     wav_dir = Path(wav_dir) if wav_dir is not None else None
     results, examples, attention_example = [], {}, None
-    syntheses, synthesis_seconds = _synthesize_items(tts, items, prompt_modes, sampling, batch_size)
+    syntheses, synthesis_seconds = _synthesize_items(tts, items, prompt_modes, sampling, batch_size, best_of, scorers)
     synthesized = sum(s.duration for s in syntheses.values() if isinstance(s, Synthesis))
 
     progress = tqdm(items, desc="evaluating TTS", unit="item", disable=None)
@@ -564,14 +568,15 @@ def evaluate_tts(
                    "speaker": speaker.name if speaker is not None
                    else f"unavailable: {notes.get('speaker', 'not asked for')}"}
     settings = {"prompt_modes": list(prompt_modes), "n_references": n_references,
-                "min_prompt_seconds": MIN_PROMPT_SECONDS, "sample_rate": sr}
+                "min_prompt_seconds": MIN_PROMPT_SECONDS, "sample_rate": sr, "best_of": best_of}
     return TTSReport(meters=meter_names, settings=settings, items=results, summary=summary, codec=codec,
                      synthesis_rtf=synthesis_seconds / synthesized if synthesized else None, examples=examples,
                      sample_rate=sr, attention_example=attention_example)
 
 
 def _synthesize_items(tts: TTS, items: Sequence[EvalItem], prompt_modes: Sequence[str], sampling: SamplingConfig,
-                      batch_size: int) -> tuple[dict[tuple[int, str], Synthesis | str], float]:
+                      batch_size: int, best_of: int = 1, scorers: Sequence[Scorer] | str | None = None,
+                      ) -> tuple[dict[tuple[int, str], Synthesis | str], float]:
     """Every item in every prompt mode, `batch_size` items at a time -> ({(index, mode): Synthesis or the
     error that stopped it}, seconds spent). A prompt the TTS refuses fails its own item only."""
     out: dict[tuple[int, str], Synthesis | str] = {}
@@ -599,13 +604,14 @@ def _synthesize_items(tts: TTS, items: Sequence[EvalItem], prompt_modes: Sequenc
             try:
                 results = tts.generate_batch(texts, voices=[voices[job] for job in batch],
                                              seeds=[items[index].seed for index, _ in batch], language=language,
-                                             sampling=sampling)
+                                             sampling=sampling, best_of=best_of, scorers=scorers)
             except ValueError:  # a text with nothing to say: find it, synthesize the rest one by one
                 results = []
                 for job, text in zip(batch, texts):
                     try:
                         results.append(tts.generate(text, voice=voices[job], seed=items[job[0]].seed,
-                                                    language=language, sampling=sampling))
+                                                    language=language, sampling=sampling, best_of=best_of,
+                                                    scorers=scorers))
                     except ValueError as error:
                         results.append(str(error))
             out.update(zip(batch, results))

@@ -103,6 +103,17 @@ def speaker_scorer(embed: Callable[[np.ndarray, int], np.ndarray], weight: float
 SCORER_NAMES = ("logprob", "asr", "speaker")
 
 
+def scorer_names(names: str | Sequence[str]) -> list[str]:
+    """`"asr,speaker"` (or a list) -> ["asr", "speaker"]; ValueError unless each is one of SCORER_NAMES, once."""
+    listed = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    listed = [n for n in listed if n]
+    unknown = [n for n in listed if n not in SCORER_NAMES]
+    if unknown or not listed or len(set(listed)) != len(listed):
+        raise ValueError(f"rerank with one or more of {', '.join(SCORER_NAMES)}, each once (e.g. 'asr,speaker'); "
+                         f"got {names!r}")
+    return listed
+
+
 def scorers_by_name(names: str | Sequence[str], *, asr: Any = "pocketsphinx", speaker: Any = "resemblyzer",
                     language: str = "en-us", device: str = "cpu") -> list[Scorer]:
     """`"asr,speaker"` (or a list of names from SCORER_NAMES) -> their scorers, in that order.
@@ -111,12 +122,7 @@ def scorers_by_name(names: str | Sequence[str], *, asr: Any = "pocketsphinx", sp
     named ones are loaded. Raises ValueError for an unknown or repeated name, and
     app.meters.MeterUnavailable when a model cannot be loaded (it says what to install).
     """
-    listed = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
-    listed = [n for n in listed if n]
-    unknown = [n for n in listed if n not in SCORER_NAMES]
-    if unknown or not listed or len(set(listed)) != len(listed):
-        raise ValueError(f"rerank with one or more of {', '.join(SCORER_NAMES)}, each once (e.g. 'asr,speaker'); "
-                         f"got {names!r}")
+    listed = scorer_names(names)
     from app.meters import load_asr, load_speaker
 
     scorers = []

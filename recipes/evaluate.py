@@ -36,6 +36,7 @@ import torch
 from app.evaluation import PROMPT_MODES, choose_items, evaluate_tts, read_voice_families
 from app.figures import ar_attention, plot_attention, plot_training_curves, read_scalars
 from app.meters import MeterUnavailable, load_asr, load_speaker
+from app.scoring import scorer_names, scorers_by_name
 from app.tts import DEFAULT_SAMPLING, TTS
 from codec.evaluation import write_examples
 from data.manifest import read_manifest
@@ -73,8 +74,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=DEFAULT_SAMPLING.temperature, help="AR sampling")
     parser.add_argument("--top-k", type=int, default=DEFAULT_SAMPLING.top_k, help="AR sampling (0: all)")
     parser.add_argument("--top-p", type=float, default=DEFAULT_SAMPLING.top_p, help="AR sampling (1: all)")
+    parser.add_argument("--best-of", type=int, default=1,
+                        help="candidates per sentence, the best kept (default 1; candidate 0 is the best-of-1 synthesis)")
+    parser.add_argument("--rerank", default=None,
+                        help="what picks the best candidate: logprob (the default), asr, speaker or a combination "
+                             "such as asr,speaker (README: Synthesis). The same ASR and speaker models as the "
+                             "measurements: a choice by one of them flatters its own figure")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
+    if args.best_of < 1:
+        parser.error(f"--best-of must be at least 1, got {args.best_of}")
+    if args.rerank is not None:
+        try:
+            scorer_names(args.rerank)
+        except ValueError as error:
+            parser.error(f"--rerank: {error}")
     if args.max_items is not None and args.max_items < 1:
         parser.error(f"--max-items must be at least 1, got {args.max_items}")
     if args.examples < 0 or args.references < 1:
@@ -153,13 +167,16 @@ def main(argv: list[str] | None = None) -> Path:
     tts = TTS.from_pretrained(args.model, device)
     asr, speaker, notes = load_meters(args, items[0].target.language, device)
     modes = PROMPT_MODES if args.prompt_text == "both" else (args.prompt_text,)
+    scorers = None if args.rerank is None else scorers_by_name(  # the meters already loaded, where there are
+        args.rerank, asr=asr if asr is not None else args.asr, speaker=speaker if speaker is not None else args.speaker, language=items[0].target.language,
+        device=device)
     sampling = replace(DEFAULT_SAMPLING, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     print(f"evaluating {len(items)} sentences by {len({i.target.speaker for i in items})} held-out speakers, "
           f"prompt text: {args.prompt_text}; ASR: {asr.name if asr else 'none'}, "
           f"speaker encoder: {speaker.name if speaker else 'none'}", flush=True)
     report = evaluate_tts(tts, items, utterances, asr=asr, speaker=speaker, prompt_modes=modes,
                           n_references=args.references, wav_dir=out / "wavs", keep_examples=args.examples,
-                          meter_notes=notes, sampling=sampling)
+                          meter_notes=notes, sampling=sampling, best_of=args.best_of, scorers=scorers)
 
     figures = write_figures(report, tts, args, out)
     if report.codec is not None:
@@ -167,7 +184,8 @@ def main(argv: list[str] | None = None) -> Path:
     command = "python recipes/evaluate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     data = {"model": str(args.model), "manifest": str(args.manifest), "command": command, **report.to_dict(),
             "figures": figures, "seconds": round(time.perf_counter() - start, 1)}
-    data["settings"].update(seed=args.seed, max_items=args.max_items, device=device, sampling=vars(sampling))
+    data["settings"].update(seed=args.seed, max_items=args.max_items, device=device, sampling=vars(sampling),
+                            rerank=args.rerank or "logprob")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     tts_table = report.to_markdown()

@@ -11,7 +11,8 @@ from app.evaluation import CODEC, CODEC_1, GROUND_TRUTH, NAR_ON_RECORDING, choos
 from app.figures import curve_group, read_scalars
 from app.meters import (ErrorCount, MeterUnavailable, char_errors, cosine_similarity, load_asr, load_speaker,
                         normalize_for_scoring, word_error_rate, word_errors)
-from data.manifest import Utterance, write_manifest
+from app.tts import DEFAULT_SAMPLING, TTS
+from data.manifest import Utterance, read_manifest, write_manifest
 from data.synthetic import build_synthetic_corpus
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -240,3 +241,29 @@ def test_wer_ratio_interval_is_paired_with_the_ground_truth():
     assert low < 21 / 12 < high
     assert wer_ratio_interval(mixed[:1], "synthesis_with_text") is None
     assert wer_ratio_interval(mixed, "synthesis_without_text") is None
+
+
+def test_evaluation_keeps_the_candidate_the_scorers_choose(tiny_model_dir, corpus):
+    """best_of/scorers reach every item's synthesis, and candidate 0 is the best-of-1 synthesis (paired reports)."""
+    from app.evaluation import _synthesize_items
+    from app.scoring import Scorer
+
+    tts = TTS.from_pretrained(tiny_model_dir)
+    items = choose_items(read_manifest(corpus / "test.jsonl"), max_items=2, seed=0)
+    longest = Scorer("longest", lambda candidates: [float(c.n_frames) for c in candidates])
+    alone, _ = _synthesize_items(tts, items, ["without"], DEFAULT_SAMPLING, batch_size=2)
+    chosen, _ = _synthesize_items(tts, items, ["without"], DEFAULT_SAMPLING, batch_size=2, best_of=3,
+                                  scorers=[longest])
+    for key, synthesis in chosen.items():
+        segment = synthesis.segments[0]
+        frames = [c.n_frames for c in segment.candidates]
+        assert len(frames) == 3 and segment.best == frames.index(max(frames))
+        assert torch.equal(segment.candidates[0].codes1, alone[key].segments[0].chosen.codes1)
+
+
+def test_evaluate_refuses_bad_best_of_and_rerank(tiny_model_dir, corpus, capsys):
+    for bad, message in ((["--best-of", "0"], "--best-of must be at least 1"),
+                         (["--rerank", "asr,loudness"], "rerank with one or more of logprob, asr, speaker")):
+        with pytest.raises(SystemExit):
+            evaluate.main(["--model", str(tiny_model_dir), "--manifest", str(corpus / "test.jsonl"), *bad])
+        assert message in capsys.readouterr().err
