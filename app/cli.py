@@ -103,29 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     voice.add_argument("--out", type=Path, required=True, help="where to write the preset (e.g. me.voice)")
     voice.set_defaults(handler=run_voice)
 
-    demo = commands.add_parser(
-        "demo",
-        help="start the web demo (Gradio)",
-        description="Start the Gradio demo; its options are app.demo's (run `echo-tts demo --help`).",
-        epilog="example:\n  echo-tts demo --model runs/lm/model --host 127.0.0.1 --port 7860 --share false",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
-    )
-    demo.add_argument("args", nargs=argparse.REMAINDER, help="--model DIR [--host 127.0.0.1 --port 7860 --share false]")
-    demo.set_defaults(handler=run_demo)
-
-    serve = commands.add_parser(
-        "serve",
-        help="serve an OpenAI-style speech API over HTTP (FastAPI)",
-        description="Serve an exported model over HTTP; its options are app.server's (run `echo-tts serve --help`).",
-        epilog="example:\n  echo-tts serve --model runs/lm/model --host 127.0.0.1 --port 8000",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
-    )
-    serve.add_argument("args", nargs=argparse.REMAINDER,
-                       help="--model DIR [--host 127.0.0.1 --port 8000 --api-key KEY --voices-dir DIR --max-queue N]")
-    serve.set_defaults(handler=run_serve)
+    _passthrough(commands, "demo", run_demo, "start the web demo (Gradio)",
+                 "Start the Gradio demo; its options are app.demo's (run `echo-tts demo --help`).",
+                 "--model DIR [--host 127.0.0.1 --port 7860 --share false]",
+                 "echo-tts demo --model runs/lm/model --host 127.0.0.1 --port 7860 --share false")
+    _passthrough(commands, "serve", run_serve, "serve an OpenAI-style speech API over HTTP (FastAPI)",
+                 "Serve an exported model over HTTP; its options are app.server's (run `echo-tts serve --help`).",
+                 "--model DIR [--host 127.0.0.1 --port 8000 --api-key KEY --voices-dir DIR --max-queue N]",
+                 "echo-tts serve --model runs/lm/model --host 127.0.0.1 --port 8000")
     return parser
+
+
+def _passthrough(commands, name: str, handler, summary: str, description: str, usage: str, example: str) -> None:
+    """A command whose arguments belong to another module's parser (the demo's, the server's)."""
+    command = commands.add_parser(name, help=summary, description=description, epilog=f"example:\n  {example}",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    command.add_argument("args", nargs=argparse.REMAINDER, help=usage)
+    command.set_defaults(handler=handler)
 
 
 def add_serving_arguments(parser: argparse.ArgumentParser, default_host: str, default_port: int) -> None:
