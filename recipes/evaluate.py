@@ -167,9 +167,11 @@ def main(argv: list[str] | None = None) -> Path:
     tts = TTS.from_pretrained(args.model, device)
     asr, speaker, notes = load_meters(args, items[0].target.language, device)
     modes = PROMPT_MODES if args.prompt_text == "both" else (args.prompt_text,)
-    scorers = None if args.rerank is None else scorers_by_name(  # the meters already loaded, where there are
-        args.rerank, asr=asr if asr is not None else args.asr, speaker=speaker if speaker is not None else args.speaker, language=items[0].target.language,
-        device=device)
+    scorers = None  # TTS's default: the AR model's log-probability
+    if args.rerank is not None:  # the meters loaded above judge the candidates too (or load if not asked for)
+        scorers = scorers_by_name(args.rerank, asr=asr if asr is not None else args.asr,
+                                  speaker=speaker if speaker is not None else args.speaker,
+                                  language=items[0].target.language, device=device)
     sampling = replace(DEFAULT_SAMPLING, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     print(f"evaluating {len(items)} sentences by {len({i.target.speaker for i in items})} held-out speakers, "
           f"prompt text: {args.prompt_text}; ASR: {asr.name if asr else 'none'}, "

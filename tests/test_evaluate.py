@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import app.meters as meters
-from app.evaluation import CODEC, CODEC_1, GROUND_TRUTH, NAR_ON_RECORDING, choose_items, read_voice_families
+from app.evaluation import (CODEC, CODEC_1, GROUND_TRUTH, NAR_ON_RECORDING, _synthesize_items, choose_items,
+                            read_voice_families)
 from app.figures import curve_group, read_scalars
 from app.meters import (ErrorCount, MeterUnavailable, char_errors, cosine_similarity, load_asr, load_speaker,
                         normalize_for_scoring, word_error_rate, word_errors)
+from app.scoring import Scorer
 from app.tts import DEFAULT_SAMPLING, TTS
 from data.manifest import Utterance, read_manifest, write_manifest
 from data.synthetic import build_synthetic_corpus
@@ -245,9 +247,6 @@ def test_wer_ratio_interval_is_paired_with_the_ground_truth():
 
 def test_evaluation_keeps_the_candidate_the_scorers_choose(tiny_model_dir, corpus):
     """best_of/scorers reach every item's synthesis, and candidate 0 is the best-of-1 synthesis (paired reports)."""
-    from app.evaluation import _synthesize_items
-    from app.scoring import Scorer
-
     tts = TTS.from_pretrained(tiny_model_dir)
     items = choose_items(read_manifest(corpus / "test.jsonl"), max_items=2, seed=0)
     longest = Scorer("longest", lambda candidates: [float(c.n_frames) for c in candidates])
