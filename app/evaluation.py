@@ -43,12 +43,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from app.figures import ar_attention
 from app.meters import ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_similarity, word_errors
 from app.scoring import Scorer, unit
 from app.prompt import MAX_SECONDS as MAX_PROMPT_SECONDS
 from app.prompt import PromptError
 from app.tts import DEFAULT_SAMPLING, TTS, Synthesis
 from app.voice import Voice
+from lm.reading import attention_stats
 from lm.sampling import SamplingConfig
 from codec.evaluation import CodecReport, evaluate_codec, finite_or_none, reconstruction_label
 from data.audio import AudioError, load_audio, resample, write_audio
@@ -216,6 +218,7 @@ class ItemResult:
     renderings: dict[str, Rendering] = field(default_factory=dict)  # system -> how it was heard
     errors: dict[str, str] = field(default_factory=dict)  # system -> why it has no rendering
     wavs: dict[str, str] = field(default_factory=dict)  # system -> written file, relative to the wav dir
+    attention: dict[str, dict[str, float]] = field(default_factory=dict)  # synthesis -> `synthesis_attention`
 
 
 @dataclass
@@ -339,6 +342,15 @@ class TTSReport:
             }
         return result
 
+    def attention(self) -> dict[str, dict[str, float]]:
+        """Per synthesis mode, the means over its items of `synthesis_attention`'s measures."""
+        result = {}
+        for system in (synthesis_system(mode) for mode in PROMPT_MODES):
+            measured = [item.attention[system] for item in self.items if system in item.attention]
+            if measured:
+                result[system] = {key: float(np.mean([m[key] for m in measured])) for key in measured[0]}
+        return result
+
     def to_dict(self) -> dict[str, Any]:
         summary = {
             family: {system: {**asdict(s), "separation": s.separation} for system, s in systems.items()}
@@ -349,6 +361,7 @@ class TTSReport:
             "settings": self.settings,
             "summary": summary,
             "targets": self.targets(),
+            "attention": self.attention(),
             "synthesis_rtf": self.synthesis_rtf,
             "codec": self.codec.to_dict() if self.codec is not None else None,
             "items": [asdict(item) for item in self.items],
@@ -397,6 +410,14 @@ class TTSReport:
                     f"(≥ {TARGET_SIMILARITY}: {_verdict(t['sim_own_met'])}); own − others "
                     f"{_number(t['separation'])} (ground truth: {_number(t['ground_truth_separation'])})"
                 )
+        attention = self.attention()
+        if attention:
+            lines += ["", "The AR's attention onto the text while it wrote the syntheses (its most focused layer, "
+                          "mean over the items): focus rate (1: one token at a time), monotonicity, and distance in "
+                          "tokens from the token its pointer spoke (duration-guided AR):", ""]
+            for system, a in attention.items():
+                lines.append(f"- {SYSTEM_LABELS[system]}: focus {a['focus_rate']:.2f}, monotonicity "
+                             f"{a['monotonicity']:.2f}, distance to the pointer {_number(a.get('alignment_error'))}")
         if self.synthesis_rtf is not None:
             lines += ["", f"Synthesis real-time factor: {self.synthesis_rtf:.2f} (seconds of compute per second "
                           f"of speech, {SYNTHESIS_BATCH} items per batch)."]
@@ -533,6 +554,7 @@ def evaluate_tts(
                 result.errors[system] = synthesis
                 continue
             renderings[system] = (torch.from_numpy(synthesis.wav), synthesis.sample_rate)
+            result.attention[system] = synthesis_attention(tts, synthesis)
             if attention_example is None:
                 attention_example = (item, synthesis)
             if wav_dir is not None:
@@ -572,6 +594,18 @@ def evaluate_tts(
     return TTSReport(meters=meter_names, settings=settings, items=results, summary=summary, codec=codec,
                      synthesis_rtf=synthesis_seconds / synthesized if synthesized else None, examples=examples,
                      sample_rate=sr, attention_example=attention_example)
+
+
+def synthesis_attention(tts: TTS, synthesis: Synthesis) -> dict[str, float]:
+    """Does the AR read the sentence as it writes it? Its attention onto the text while it wrote
+    the synthesis's first segment, in its most focused layer (`app.figures.ar_attention`):
+    focus_rate and monotonicity, and for a duration-guided AR `alignment_error`, the mean distance
+    in tokens between the most attended token and the one its pointer said the frame speaks."""
+    weights, _, _ = ar_attention(tts, synthesis)  # [T, N]
+    pointer = synthesis.segments[0].chosen.alignment  # [T] or None
+    T = weights.shape[0]
+    return attention_stats(torch.from_numpy(weights)[None], torch.tensor([T]),
+                           None if pointer is None else pointer[None].long())
 
 
 def _synthesize_items(tts: TTS, items: Sequence[EvalItem], prompt_modes: Sequence[str], sampling: SamplingConfig,

@@ -26,6 +26,11 @@ speaks (`alignment` [B, T], from Echo's aligner, lm/aligner.py), and a second he
 whether the next frame moves on to the next token. At inference the generation loop keeps that
 pointer (`ARCache.text_index`), advances it by the head's decision and ends the utterance when
 it moves past the last token, so the model can neither skip nor repeat the text.
+
+With `text_window=w` as well (RALL-E's duration-guided masking, Xin et al. 2024), each target
+position attends only to the text tokens within w of the one it speaks; the prompt and the text
+still see the whole text. The mask follows the same pointer at inference, so training and
+generation see the same window.
 """
 
 from __future__ import annotations
@@ -48,6 +53,16 @@ from lm.transformer import KVCache, SegmentPositions, Transformer
 class ARConfig(LMConfig):
     model_type: ClassVar[str] = "echo_ar"
     duration_guided: bool = False  # read the aligned text token at each frame; predict when to advance
+    text_window: int | None = None  # duration-guided: target frames see only the text tokens within this many
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.text_window is not None:
+            if not self.duration_guided:
+                raise ValueError("text_window needs duration_guided=True: the window follows the aligned text token")
+            if not isinstance(self.text_window, int) or isinstance(self.text_window, bool) or self.text_window < 0:
+                raise ValueError(f"text_window must be a non-negative integer (or None: the whole text), "
+                                 f"got {self.text_window!r}")
 
     @property
     def eos_id(self) -> int:
@@ -148,6 +163,20 @@ class ARModel(PretrainedLM):
         x = torch.cat([self._embed(self.text_embedding, text, self.text_positions, layout.positions[:, :N]), audio], 1)
         return x, layout
 
+    def _attention_mask(self, layout: Layout, text_lengths: torch.Tensor, N: int,
+                        text_index: torch.Tensor | None) -> torch.Tensor:
+        """The AR's mask [B, 1, L, L]; with `text_window`, the last T' rows (the target positions,
+        text_index [B, T']) keep only the text keys within the window of the token they speak
+        (the EOS position, "past the end", the last token's, as at inference)."""
+        mask = layout.attention_mask(causal_audio=True)
+        if self.config.text_window is None:
+            return mask
+        T = text_index.shape[1]
+        index = torch.minimum(text_index, (text_lengths - 1)[:, None])
+        window = _text_window(index, N, self.config.text_window)  # [B, T', N]
+        mask[:, 0, -T:, :N] &= window
+        return mask
+
     def _encode(self, text: torch.Tensor, text_lengths: torch.Tensor, prompt: torch.Tensor,
                 prompt_lengths: torch.Tensor, target: torch.Tensor, target_lengths: torch.Tensor,
                 cache: KVCache | None = None, text_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -155,7 +184,8 @@ class ARModel(PretrainedLM):
         x, layout = self._inputs(text, text_lengths, prompt, prompt_lengths, target, target_lengths, text_index)
         if cache is not None:
             cache.valid = torch.cat([cache.valid, layout.valid], 1)
-        return self.transformer(self.dropout(x), layout.attention_mask(causal_audio=True), cache=cache)
+        mask = self._attention_mask(layout, text_lengths, text.shape[1], text_index)
+        return self.transformer(self.dropout(x), mask, cache=cache)
 
     def _check(self, text, text_lengths, prompt, prompt_lengths, codes=None, code_lengths=None) -> None:
         check_batch(text_vocab_size=self.config.text_vocab_size, codebook_size=self.config.codebook_size,
@@ -223,7 +253,7 @@ class ARModel(PretrainedLM):
         text_index = self._target_text_index(alignment, text_lengths, code_lengths, T)
         x, layout = self._inputs(text.long(), text_lengths, _codebook1(prompt), prompt_lengths, inputs,
                                  code_lengths + 1, text_index)
-        maps = self.transformer.attention_maps(x, layout.attention_mask(causal_audio=True))
+        maps = self.transformer.attention_maps(x, self._attention_mask(layout, text_lengths, N, text_index))
         onto_text = torch.stack([m[:, :, N + P : N + P + T, :N].mean(1) for m in maps])  # [layers, B, T, N]
         onto_text = onto_text * frame_mask(text_lengths, N)[None, :, None, :]
         onto_text = onto_text / onto_text.sum(-1, keepdim=True).clamp(min=1e-9)
@@ -283,10 +313,20 @@ class ARModel(PretrainedLM):
                 cache.text_index = torch.minimum(cache.text_index + advance.long(), cache.text_lengths - 1)
             x = x + self._frame_text(cache.text, cache.text_index[:, None])
         cache.valid = torch.cat([cache.valid, cache.valid.new_ones(cache.batch_size, 1)], 1)  # [B, S]
-        h = self.transformer(x, cache.valid[:, None, None, :], cache=cache)  # [B, 1, D]
+        mask = cache.valid[:, None, None, :].clone()  # [B, 1, 1, S]; the first N cached positions are the text
+        if self.config.text_window is not None:
+            N = cache.text.shape[1]
+            mask[:, 0, :, :N] &= _text_window(cache.text_index[:, None], N, self.config.text_window)
+        h = self.transformer(x, mask, cache=cache)  # [B, 1, D]
         cache.next_position = cache.next_position + 1
         self._note_advance(cache, h[:, 0])
         return self.head(h[:, 0]), cache
+
+
+def _text_window(text_index: torch.Tensor, N: int, window: int) -> torch.Tensor:
+    """text_index [B, T] -> [B, T, N] bool: True on the text keys within `window` of each row's token."""
+    keys = torch.arange(N, device=text_index.device)
+    return (keys - text_index[..., None]).abs() <= window
 
 
 def _codebook1(prompt: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ class ModelSize:
     ffn: str = "gelu"
     dropout: float = 0.1
     duration_guided: bool = False  # AR only: read the aligned text token at each frame (recipes/align.py first)
+    text_window: int | None = None  # duration-guided AR only: its frames see the text tokens within this many
 
 
 @dataclass
@@ -111,7 +112,7 @@ def build_models(cfg: TrainLMConfig, corpus: TokenCorpus, stages: list[str]) -> 
             models[stage] = model_class.from_pretrained(source, expect_codec=codec, expect_text_vocab=vocab)
             continue
         size = getattr(cfg, stage)
-        extra = {"duration_guided": size.duration_guided} if stage == "ar" else {}
+        extra = {"duration_guided": size.duration_guided, "text_window": size.text_window} if stage == "ar" else {}
         if extra.get("duration_guided") and not corpus.has_durations:
             raise SystemExit(f"--ar.duration_guided needs durations in {corpus.directory}: "
                              f"run `python recipes/align.py --tokens {corpus.directory}` first")

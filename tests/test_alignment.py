@@ -11,6 +11,7 @@ from data.tokens import TokenCorpus, TokenShardWriter, write_durations
 from lm.aligner import Aligner, AlignerConfig, beta_binomial_log_prior, monotonic_alignment_search
 from lm.ar import ARConfig, ARModel
 from lm.generation import generate_ar
+from lm.layout import frame_mask
 from lm.reading import attention_stats, shuffle_text
 
 V, C, K = 24, 32, 2
@@ -154,13 +155,14 @@ def test_transcribed_prompts_read_the_target_through_the_joined_text(tmp_path):
 # -- the duration-guided AR ---------------------------------------------------------------------------
 
 
-def guided() -> ARModel:
+def guided(text_window: int | None = None) -> ARModel:
     torch.manual_seed(0)
-    return ARModel(ARConfig(**TINY, duration_guided=True)).eval()
+    return ARModel(ARConfig(**TINY, duration_guided=True, text_window=text_window)).eval()
 
 
-def test_guided_ar_cache_equals_forward_and_needs_alignment(one_thread):
-    model, x = guided(), spoken(0, B=3)
+@pytest.mark.parametrize("text_window", [None, 1])
+def test_guided_ar_cache_equals_forward_and_needs_alignment(one_thread, text_window):
+    model, x = guided(text_window), spoken(0, B=3)
     prompt, prompt_lengths = x["codes"][:, :, :3], torch.tensor([3, 0, 2])
     alignment = torch.stack([_align(d, x["codes"].shape[2]) for d in x["durations"]])  # [B, T]
     out = model(x["text"], x["text_lengths"], prompt, prompt_lengths, x["codes"], x["code_lengths"], alignment=alignment)
@@ -172,6 +174,21 @@ def test_guided_ar_cache_equals_forward_and_needs_alignment(one_thread):
         assert torch.allclose(logits, out.logits[:, t + 1], atol=1e-5)
     with pytest.raises(ValueError, match="needs alignment"):
         model(x["text"], x["text_lengths"], prompt, prompt_lengths, x["codes"], x["code_lengths"])
+
+
+def test_text_window_keeps_each_frames_attention_near_its_token(one_thread):
+    model, x = guided(text_window=1), spoken(0, B=3)
+    alignment = torch.stack([_align(d, x["codes"].shape[2]) for d in x["durations"]])  # [B, T]
+    prompt, prompt_lengths = x["codes"][:, :, :2], torch.tensor([2, 0, 1])
+    maps = model.text_attention(x["text"], x["text_lengths"], prompt, prompt_lengths, x["codes"], x["code_lengths"],
+                                alignment=alignment)  # [layers, B, T, N]
+    far = (torch.arange(maps.shape[-1]) - alignment[..., None]).abs() > 1  # [B, T, N]
+    assert maps[:, far].abs().max() == 0
+    assert torch.allclose(maps.sum(-1)[:, frame_mask(x["code_lengths"], maps.shape[2])], torch.tensor(1.0))
+    with pytest.raises(ValueError, match="needs duration_guided"):
+        ARConfig(**TINY, text_window=2)
+    with pytest.raises(ValueError, match="non-negative"):
+        ARConfig(**TINY, duration_guided=True, text_window=-1)
 
 
 def _align(durations: torch.Tensor, T: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 import app.meters as meters
 from app.evaluation import (CODEC, CODEC_1, GROUND_TRUTH, NAR_ON_RECORDING, _synthesize_items, choose_items,
-                            read_voice_families)
+                            read_voice_families, synthesis_attention)
 from app.figures import curve_group, read_scalars
 from app.meters import (ErrorCount, MeterUnavailable, char_errors, cosine_similarity, load_asr, load_speaker,
                         normalize_for_scoring, word_error_rate, word_errors)
@@ -16,6 +16,8 @@ from app.scoring import Scorer
 from app.tts import DEFAULT_SAMPLING, TTS
 from data.manifest import Utterance, read_manifest, write_manifest
 from data.synthetic import build_synthetic_corpus
+from lm.ar import ARConfig, ARModel
+from conftest import build_tiny_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
@@ -173,10 +175,27 @@ def test_evaluate_end_to_end(tiny_model_dir, corpus, tmp_path):
     assert len(figures["spectrograms"]) == 1 and figures["attention"] == ["plots/attention.png"]
     assert figures["curves"] == ["plots/curves/lm_loss.png"]
     assert all((out / p).is_file() for paths in figures.values() for p in paths)
+    for system in ("synthesis_with_text", "synthesis_without_text"):  # a plain AR: no pointer to measure against
+        attention = report["attention"][system]
+        assert set(attention) == {"focus_rate", "monotonicity"} and 0 < attention["focus_rate"] <= 1
     markdown = (out / "report.md").read_text()
     assert "| espeak | ground truth | 2 |" in markdown and "WER ÷ GT" in markdown and "PESQ" in markdown
     tables = (out / "tables.md").read_text()  # the same tables without the figures, for the quickstart report
     assert tables in markdown and "PESQ" in tables and "plots/" not in tables
+
+
+def test_synthesis_attention_follows_the_pointer_of_a_windowed_ar(tmp_path, corpus, one_thread):
+    """A duration-guided AR whose frames see only the token they speak (text_window 0) attends to
+    exactly the pointer's token while it writes: the instrument must say so, with and without a transcript."""
+    model_dir = build_tiny_model(tmp_path)
+    config = json.loads((model_dir / "ar" / "config.json").read_text())
+    ARModel(ARConfig.from_dict({**config, "duration_guided": True, "text_window": 0})).save_pretrained(model_dir / "ar")
+    tts = TTS.from_pretrained(model_dir)
+    prompt = read_manifest(corpus / "test.jsonl")[0]
+    for prompt_text in (prompt.text, None):
+        synthesis = tts.generate("The children found a tiny kite.", prompt.audio_path, prompt_text=prompt_text,
+                                 seed=0)
+        assert synthesis_attention(tts, synthesis) == {"focus_rate": 1.0, "monotonicity": 1.0, "alignment_error": 0.0}
 
 
 def test_evaluate_without_a_meter_still_reports(tiny_model_dir, corpus, tmp_path, monkeypatch):
