@@ -313,9 +313,10 @@ class ARModel(PretrainedLM):
                 cache.text_index = torch.minimum(cache.text_index + advance.long(), cache.text_lengths - 1)
             x = x + self._frame_text(cache.text, cache.text_index[:, None])
         cache.valid = torch.cat([cache.valid, cache.valid.new_ones(cache.batch_size, 1)], 1)  # [B, S]
-        mask = cache.valid[:, None, None, :].clone()  # [B, 1, 1, S]; the first N cached positions are the text
+        mask = cache.valid[:, None, None, :]  # [B, 1, 1, S]; the first N cached positions are the text
         if self.config.text_window is not None:
             N = cache.text.shape[1]
+            mask = mask.clone()
             mask[:, 0, :, :N] &= _text_window(cache.text_index[:, None], N, self.config.text_window)
         h = self.transformer(x, mask, cache=cache)  # [B, 1, D]
         cache.next_position = cache.next_position + 1
