@@ -148,43 +148,34 @@ class ARModel(PretrainedLM):
 
     def _inputs(self, text: torch.Tensor, text_lengths: torch.Tensor, prompt: torch.Tensor,
                 prompt_lengths: torch.Tensor, target: torch.Tensor, target_lengths: torch.Tensor,
-                text_index: torch.Tensor | None = None) -> tuple[torch.Tensor, Layout]:
-        """text [B, N], prompt [B, P] (codebook 1), target [B, T'] (BOS + codes) -> embeddings [B, N + P + T', D].
+                text_index: torch.Tensor | None = None) -> tuple[torch.Tensor, Layout, torch.Tensor]:
+        """text [B, N], prompt [B, P] (codebook 1), target [B, T'] (BOS + codes) -> embeddings
+        [B, N + P + T', D], their layout and the attention mask [B, 1, L, L].
 
-        text_index [B, T'] (duration-guided): the text token each target position speaks."""
+        text_index [B, T'] (duration-guided): the text token each target position speaks. With
+        `text_window`, the target rows of the mask keep only the text keys within the window of it."""
         N, P, T = text.shape[1], prompt.shape[1], target.shape[1]
         layout = Layout.build(text_lengths, N, [(prompt_lengths, P), (target_lengths, T)])
+        mask = layout.attention_mask(causal_audio=True)
         text = text.masked_fill(~layout.valid[:, :N], self.config.text_pad_id)
         audio = torch.cat([prompt, target], 1).masked_fill(~layout.valid[:, N:], self.config.pad_id)  # [B, P + T']
         audio = self._embed(self.audio_embedding, audio, self.audio_positions, layout.positions[:, N:])  # [B, P + T', D]
         if self.config.duration_guided:
-            index = torch.minimum(text_index, (text_lengths - 1)[:, None])  # the EOS position reads the last token
+            # the EOS position ("past the end") reads the last token, as the pointer does at inference
+            index = torch.minimum(text_index, (text_lengths - 1)[:, None])
             audio = torch.cat([audio[:, :P], audio[:, P:] + self._frame_text(text, index)], 1)
+            if self.config.text_window is not None:
+                mask[:, 0, -T:, :N] &= _text_window(index, N, self.config.text_window)
         x = torch.cat([self._embed(self.text_embedding, text, self.text_positions, layout.positions[:, :N]), audio], 1)
-        return x, layout
-
-    def _attention_mask(self, layout: Layout, text_lengths: torch.Tensor, N: int,
-                        text_index: torch.Tensor | None) -> torch.Tensor:
-        """The AR's mask [B, 1, L, L]; with `text_window`, the last T' rows (the target positions,
-        text_index [B, T']) keep only the text keys within the window of the token they speak
-        (the EOS position, "past the end", the last token's, as at inference)."""
-        mask = layout.attention_mask(causal_audio=True)
-        if self.config.text_window is None:
-            return mask
-        T = text_index.shape[1]
-        index = torch.minimum(text_index, (text_lengths - 1)[:, None])
-        window = _text_window(index, N, self.config.text_window)  # [B, T', N]
-        mask[:, 0, -T:, :N] &= window
-        return mask
+        return x, layout, mask
 
     def _encode(self, text: torch.Tensor, text_lengths: torch.Tensor, prompt: torch.Tensor,
                 prompt_lengths: torch.Tensor, target: torch.Tensor, target_lengths: torch.Tensor,
                 cache: KVCache | None = None, text_index: torch.Tensor | None = None) -> torch.Tensor:
         """The same inputs as `_inputs` -> hidden [B, N + P + T', D]."""
-        x, layout = self._inputs(text, text_lengths, prompt, prompt_lengths, target, target_lengths, text_index)
+        x, layout, mask = self._inputs(text, text_lengths, prompt, prompt_lengths, target, target_lengths, text_index)
         if cache is not None:
             cache.valid = torch.cat([cache.valid, layout.valid], 1)
-        mask = self._attention_mask(layout, text_lengths, text.shape[1], text_index)
         return self.transformer(self.dropout(x), mask, cache=cache)
 
     def _check(self, text, text_lengths, prompt, prompt_lengths, codes=None, code_lengths=None) -> None:
@@ -251,9 +242,9 @@ class ARModel(PretrainedLM):
         (B, N), P, T = text.shape, prompt.shape[2], codes.shape[2]
         inputs = torch.cat([self._bos(B, codes.device), codes[:, 0].long()], 1)
         text_index = self._target_text_index(alignment, text_lengths, code_lengths, T)
-        x, layout = self._inputs(text.long(), text_lengths, _codebook1(prompt), prompt_lengths, inputs,
-                                 code_lengths + 1, text_index)
-        maps = self.transformer.attention_maps(x, self._attention_mask(layout, text_lengths, N, text_index))
+        x, _, mask = self._inputs(text.long(), text_lengths, _codebook1(prompt), prompt_lengths, inputs,
+                                  code_lengths + 1, text_index)
+        maps = self.transformer.attention_maps(x, mask)
         onto_text = torch.stack([m[:, :, N + P : N + P + T, :N].mean(1) for m in maps])  # [layers, B, T, N]
         onto_text = onto_text * frame_mask(text_lengths, N)[None, :, None, :]
         onto_text = onto_text / onto_text.sum(-1, keepdim=True).clamp(min=1e-9)
