@@ -24,7 +24,7 @@ from codec.interface import Codec, CodecIdentity, config_hash
 try:
     from transformers import EncodecConfig, EncodecModel
 except ImportError as err:  # transformers is only needed for this backend
-    raise ImportError("the EnCodec backend needs transformers: pip install 'transformers>=5'") from err
+    raise ImportError("the EnCodec backend needs transformers: pip install 'transformers>=4.56'") from err
 
 ECHO_CODEC_FILE = "echo_codec.json"
 DEFAULT_MAX_BANDWIDTH = 6.0  # kbps; VALL-E's setting, 8 codebooks at 24 kHz
@@ -118,7 +118,7 @@ class EncodecCodec(Codec):
         """Write transformers' config.json + model.safetensors and echo_codec.json (the bandwidth)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)  # transformers 5 always writes safetensors
+        self.model.save_pretrained(directory)  # safetensors: transformers' default (its only format from 5)
         record = {"bandwidth": self.bandwidth, "n_q": self.n_q}
         (directory / ECHO_CODEC_FILE).write_text(json.dumps(record, indent=2) + "\n")
         return directory

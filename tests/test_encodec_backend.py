@@ -45,7 +45,7 @@ def tiny_encodec(**overrides: object) -> EncodecModel:
     with torch.no_grad():
         # Random weights leave the encoder's output nearly constant, so random codebooks would
         # give one code everywhere; seed each codebook with residual frames instead (k-means' init).
-        audio = speech_like(1, 64 * HOP).expand(-1, model.config.audio_channels, -1)
+        audio = speech_like(1, 64 * model.config.hop_length).expand(-1, model.config.audio_channels, -1)
         latents = model.encoder(audio)  # [1, D, 64]
         residual = latents.transpose(1, 2).reshape(-1, latents.shape[1])  # [frames, D]
         for layer in model.quantizer.layers:
