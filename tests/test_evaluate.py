@@ -16,12 +16,14 @@ from app.scoring import Scorer
 from app.tts import DEFAULT_SAMPLING, TTS
 from data.manifest import Utterance, read_manifest, write_manifest
 from data.synthetic import build_synthetic_corpus
+from lm.aligner import Aligner, AlignerConfig
 from lm.ar import ARConfig, ARModel
 from conftest import build_tiny_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
+import diagnose_ar  # noqa: E402
 import evaluate  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -285,3 +287,52 @@ def test_evaluate_refuses_bad_best_of_and_rerank(tiny_model_dir, corpus, capsys)
         with pytest.raises(SystemExit):
             evaluate.main(["--model", str(tiny_model_dir), "--manifest", str(corpus / "test.jsonl"), *bad])
         assert message in capsys.readouterr().err
+
+
+# -- where a duration-guided AR loses the words (recipes/diagnose_ar.py) ------------------------------
+
+
+def _guided_model(tmp_path: Path) -> Path:
+    model_dir = build_tiny_model(tmp_path)
+    config = json.loads((model_dir / "ar" / "config.json").read_text())
+    ARModel(ARConfig.from_dict({**config, "duration_guided": True, "text_window": 1})).save_pretrained(model_dir / "ar")
+    return model_dir
+
+
+def test_on_timing_with_the_recordings_codes_fed_back_is_teacher_forcing(tmp_path):
+    ar = TTS.from_pretrained(_guided_model(tmp_path)).ar
+    g = torch.Generator().manual_seed(0)
+    text = torch.randint(3, ar.config.text_vocab_size, (7,), generator=g)
+    prompt = torch.randint(0, 16, (3, 5), generator=g)
+    codes = torch.randint(0, 16, (3, 12), generator=g)
+    alignment = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 6, 6])
+    one = lambda n: torch.tensor([n])  # noqa: E731
+    forced = ar(text[None], one(7), prompt[None], one(5), codes[None], one(12), alignment=alignment[None]).logits[0, :12]
+    written, logits = diagnose_ar.on_timing(ar, text, prompt, alignment, lambda frame, before: codes[0, len(before)])
+    assert torch.equal(written, codes[0]) and torch.allclose(logits, forced, atol=1e-5)
+    variants = diagnose_ar.codebook1_variants(ar, text, prompt, codes, alignment, DEFAULT_SAMPLING, g)
+    assert torch.equal(variants.recording, codes[0])
+    assert torch.equal(variants.teacher_forced_top1, forced[:, :16].argmax(-1))
+    assert all(v.shape == (12,) and 0 <= v.min() and v.max() < 16 for v in
+               (variants.teacher_forced, variants.recording_timing))
+
+
+def test_diagnose_ar_end_to_end(tmp_path, corpus, capsys):
+    pytest.importorskip("pocketsphinx")
+    model_dir = _guided_model(tmp_path)
+    tts = TTS.from_pretrained(model_dir)
+    aligner = Aligner(AlignerConfig(text_vocab_size=tts.ar.config.text_vocab_size, text_pad_id=tts.ar.config.text_pad_id,
+                                    codebook_size=16, n_q=3, codec=tts.ar.config.codec,
+                                    text_vocab=tts.ar.config.text_vocab, d_model=16, n_layers=1, align_dim=8))
+    aligner.save_pretrained(tmp_path / "aligner")
+    out = tmp_path / "diagnosis.json"
+    figures = diagnose_ar.main(["--model", str(model_dir), "--aligner", str(tmp_path / "aligner"), "--manifest",
+                                str(corpus / "test.jsonl"), "--max-items", "2", "--out", str(out)])
+    assert set(figures) == {GROUND_TRUTH, *diagnose_ar.SYSTEMS}
+    assert json.loads(out.read_text())["items"] == 2
+    assert all(f["wer"] >= 0 and (f["ratio"] is None or f["ratio"] >= 0) for f in figures.values())
+    assert "| teacher-forced, sampled |" in capsys.readouterr().out
+    build_tiny_model(tmp_path / "plain")  # a plain VALL-E AR has no pointer to put on a timing
+    with pytest.raises(SystemExit, match="not a duration-guided AR"):
+        diagnose_ar.main(["--model", str(tmp_path / "plain" / "model"), "--aligner", str(tmp_path / "aligner"),
+                          "--manifest", str(corpus / "test.jsonl")])
