@@ -72,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _one(n: int) -> torch.Tensor:
+    """The lengths of a batch of one item: [n]."""
+    return torch.tensor([n])
+
+
 def on_timing(ar: ARModel, text: torch.Tensor, prompt: torch.Tensor, alignment: torch.Tensor,
               choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Write codebook 1 frame by frame with the pointer on a given timing, from the KV cache as synthesis does.
@@ -80,8 +85,7 @@ def on_timing(ar: ARModel, text: torch.Tensor, prompt: torch.Tensor, alignment: 
     code of frame t (0-d), given the codes written before it; it is fed back. Returns the codes [T] and each
     frame's logits [T, C + 1]."""
     T = len(alignment)
-    one = lambda n: torch.tensor([n])  # noqa: E731
-    logits, cache = ar.prefill(text[None], one(len(text)), prompt[None], one(prompt.shape[1]), max_new_tokens=T,
+    logits, cache = ar.prefill(text[None], _one(len(text)), prompt[None], _one(prompt.shape[1]), max_new_tokens=T,
                                start_index=alignment[:1])
     written, every = torch.zeros(T, dtype=torch.long), []
     for t in range(T):
@@ -97,8 +101,7 @@ def codebook1_variants(ar: ARModel, text: torch.Tensor, prompt: torch.Tensor, co
                        alignment: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> Codebook1:
     """text [N], prompt [K, P], codes [K, T] (the recording's), alignment [T] -> codebook 1 under each help level."""
     T, eos = codes.shape[1], ar.config.eos_id
-    one = lambda n: torch.tensor([n])  # noqa: E731
-    logits = ar(text[None], one(len(text)), prompt[None], one(prompt.shape[1]), codes[None], one(T),
+    logits = ar(text[None], _one(len(text)), prompt[None], _one(prompt.shape[1]), codes[None], _one(T),
                 alignment=alignment[None]).logits[0, :T]  # [T, C + 1]
     draw = lambda frame, history: sample_next(  # noqa: E731  (a frame is never EOS)
         frame[None, :eos].float(), history[None], sampling, generator)[0]
