@@ -119,8 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
     aligner = Aligner.from_pretrained(args.aligner, expect_codec=tts.codec.identity,
                                       expect_text_vocab=tts.ar.config.text_vocab)
     utterances = read_manifest(args.manifest)
-    families = read_voice_families(args.manifest.parent / "speakers.json") if args.families else None
+    families = None
     if args.families:
+        speakers_file = args.manifest.parent / "speakers.json"
+        if not speakers_file.is_file():
+            raise SystemExit(f"--families needs the corpus' speakers.json ({speakers_file} is missing)")
+        families = read_voice_families(speakers_file)
         utterances = [u for u in utterances if families.get(u.speaker) in args.families]
     items = choose_items(utterances, families, args.max_items, args.seed)
     if not items:

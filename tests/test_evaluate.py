@@ -332,6 +332,11 @@ def test_diagnose_ar_end_to_end(tmp_path, corpus, capsys):
     assert json.loads(out.read_text())["items"] == 2
     assert all(f["wer"] >= 0 and (f["ratio"] is None or f["ratio"] >= 0) for f in figures.values())
     assert "| teacher-forced, sampled |" in capsys.readouterr().out
+    (tmp_path / "bare").mkdir()
+    write_manifest(tmp_path / "bare" / "test.jsonl", read_manifest(corpus / "test.jsonl"))  # no speakers.json
+    with pytest.raises(SystemExit, match="speakers.json"):
+        diagnose_ar.main(["--model", str(model_dir), "--aligner", str(tmp_path / "aligner"), "--manifest",
+                          str(tmp_path / "bare" / "test.jsonl"), "--families", "flite"])
     build_tiny_model(tmp_path / "plain")  # a plain VALL-E AR has no pointer to put on a timing
     with pytest.raises(SystemExit, match="not a duration-guided AR"):
         diagnose_ar.main(["--model", str(tmp_path / "plain" / "model"), "--aligner", str(tmp_path / "aligner"),
