@@ -24,14 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from app.evaluation import GROUND_TRUTH, ItemResult, Rendering, choose_items, read_voice_families, wer_ratio_interval
+from app.evaluation import (GROUND_TRUTH, ItemResult, Rendering, choose_items, read_voice_families, summarize,
+                            wer_ratio_interval)
 from app.meters import load_asr, word_errors
 from app.tts import DEFAULT_SAMPLING, TTS
 from data.audio import load_audio, resample
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
                                           torch.tensor([codes.shape[1]]))[0]
         alignment = torch.repeat_interleave(torch.arange(len(text)), durations.long())
         variants = codebook1_variants(tts.ar, text, voice.codes.long(), codes, alignment, DEFAULT_SAMPLING, generator)
-        wavs = {name: tts.complete(item.target.text, c, voice, language) for name, c in asdict(variants).items()}
+        wavs = {name: tts.complete(item.target.text, c, voice, language) for name, c in vars(variants).items()}
         wavs["synthesis"] = tts.generate(item.target.text, voice=voice, seed=item.seed, language=language).wav
         result = ItemResult(item.target.id, item.target.speaker, item.family, item.target.text, item.prompt.id,
                             item.prompt.text, item.prompt.duration, item.seed)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             count = word_errors(item.target.text, asr.transcribe(wav, rate), language)
             result.renderings[system] = Rendering(len(wav) / rate, word_errors=count.errors, words=count.length)
         results.append(result)
-    figures = summarize(results)
+    figures = diagnosis_figures(results)
     print(table(figures, len(results)))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,18 +162,15 @@ def main(argv: list[str] | None = None) -> dict:
     return figures
 
 
-def summarize(results: list[ItemResult]) -> dict[str, dict[str, float | None]]:
-    """system -> WER, WER ÷ the ground truth's and its paired 90 % interval."""
-    def total(system: str) -> tuple[int, int]:
-        heard = [r.renderings[system] for r in results]
-        return sum(h.word_errors for h in heard), sum(h.words for h in heard)
-
-    truth_errors, words = total(GROUND_TRUTH)
-    figures = {GROUND_TRUTH: {"wer": truth_errors / max(words, 1), "ratio": None, "low": None, "high": None}}
+def diagnosis_figures(results: list[ItemResult]) -> dict[str, dict[str, float | None]]:
+    """system -> WER, WER ÷ the ground truth's (the same sentences, so the ratio of their word errors) and
+    its paired 90 % interval."""
+    truth = summarize([r.renderings[GROUND_TRUTH] for r in results]).wer
+    figures = {GROUND_TRUTH: {"wer": truth, "ratio": None, "low": None, "high": None}}
     for system in SYSTEMS:
-        errors, _ = total(system)
+        wer = summarize([r.renderings[system] for r in results]).wer
         interval = wer_ratio_interval(results, system)
-        figures[system] = {"wer": errors / max(words, 1), "ratio": errors / max(truth_errors, 1),
+        figures[system] = {"wer": wer, "ratio": wer / truth if truth else None,
                            "low": interval[0] if interval else None, "high": interval[1] if interval else None}
     return figures
 
