@@ -31,6 +31,13 @@ With `text_window=w` as well (RALL-E's duration-guided masking, Xin et al. 2024)
 position attends only to the text tokens within w of the one it speaks; the prompt and the text
 still see the whole text. The mask follows the same pointer at inference, so training and
 generation see the same window.
+
+With `text_dropout=p`, training hides the phonemes of a share p of the items: every text id
+becomes `text_pad_id` while the text keeps its length, positions and (duration-guided) timing,
+so the model also learns what a frame sounds like from the voice and the timing alone.
+`hide_text` makes that input; generation with `SamplingConfig.cfg_scale` > 1 runs it beside the
+real text and extrapolates away from it (classifier-free guidance, as in NeMo's Koel-TTS /
+Magpie-TTS).
 """
 
 from __future__ import annotations
@@ -54,9 +61,12 @@ class ARConfig(LMConfig):
     model_type: ClassVar[str] = "echo_ar"
     duration_guided: bool = False  # read the aligned text token at each frame; predict when to advance
     text_window: int | None = None  # duration-guided: target frames see only the text tokens within this many
+    text_dropout: float = 0.0  # share of training items whose phonemes are hidden (classifier-free guidance)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"text_dropout is a probability in [0, 1), got {self.text_dropout}")
         if self.text_window is not None:
             if not self.duration_guided:
                 raise ValueError("text_window needs duration_guided=True: the window follows the aligned text token")
@@ -196,6 +206,9 @@ class ARModel(PretrainedLM):
         alignment [B, T] (duration-guided models only): the text index each target frame speaks."""
         self._check(text, text_lengths, prompt, prompt_lengths, codes, code_lengths)
         (B, N), P, T = text.shape, prompt.shape[2], codes.shape[2]
+        if self.training and self.config.text_dropout > 0:
+            hidden = torch.rand(B, device=text.device) < self.config.text_dropout
+            text = torch.where(hidden[:, None], self.hide_text(text), text)
         real = frame_mask(code_lengths, T)  # [B, T]
         text_index = self._target_text_index(alignment, text_lengths, code_lengths, T)
         target1 = codes[:, 0].long()  # [B, T]
@@ -216,6 +229,10 @@ class ARModel(PretrainedLM):
         accuracy = ((advance_logits[real] > 0).float() == advance[real]).float().mean()
         return AROutput(**{**vars(out), "loss": out.loss + advance_loss}, advance_loss=advance_loss,
                         advance_accuracy=accuracy)
+
+    def hide_text(self, text: torch.Tensor) -> torch.Tensor:
+        """text [B, N] -> the same shape with every id `text_pad_id`: the phonemes hidden, the length kept."""
+        return torch.full_like(text, self.config.text_pad_id)
 
     def _target_text_index(self, alignment: torch.Tensor | None, text_lengths: torch.Tensor,
                            code_lengths: torch.Tensor, T: int) -> torch.Tensor | None:

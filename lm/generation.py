@@ -34,7 +34,7 @@ import torch
 from lm.ar import ARCache, ARModel
 from lm.layout import frame_mask
 from lm.nar import NARModel
-from lm.sampling import SamplingConfig, apply_temperature, sample, sample_next
+from lm.sampling import SamplingConfig, apply_temperature, guide, sample, sample_next
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -129,6 +129,43 @@ class _CachedDecoder:
     def keep(self, index: torch.Tensor) -> None:
         self.cache.select(index)
 
+    def pointer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Duration-guided: (the text token the next frame speaks, text lengths, "move on" logits), each [A]."""
+        return self.cache.text_index, self.cache.text_lengths, self.cache.advance_logits
+
+
+class _GuidedDecoder(_CachedDecoder):
+    """Classifier-free guidance: the cached decoder on one batch of 2A items, the real text and
+    then the same text hidden (`ARModel.hide_text`). The hidden half is fed the real half's
+    tokens and follows its pointer; only the guided logits and the real half's pointer come out."""
+
+    def __init__(self, model: ARModel, text, text_lengths, prompt, prompt_lengths, reserve: int,
+                 start_index: torch.Tensor | None, scale: float):
+        def twice(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else torch.cat([x, x])
+
+        super().__init__(model, torch.cat([text, model.hide_text(text)]), twice(text_lengths), twice(prompt),
+                         twice(prompt_lengths), reserve, twice(start_index))
+        self.scale = scale
+
+    def _guided(self, logits: torch.Tensor) -> torch.Tensor:
+        conditional, unconditional = logits.float().chunk(2)
+        return guide(conditional, unconditional, self.scale)
+
+    def first(self) -> torch.Tensor:
+        return self._guided(super().first())
+
+    def next(self, tokens: torch.Tensor, advance: torch.Tensor | None = None) -> torch.Tensor:
+        return self._guided(super().next(torch.cat([tokens, tokens]),
+                                         None if advance is None else torch.cat([advance, advance])))
+
+    def keep(self, index: torch.Tensor) -> None:
+        super().keep(torch.cat([index, index + self.cache.batch_size // 2]))
+
+    def pointer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        A = self.cache.batch_size // 2
+        return tuple(x[:A] for x in super().pointer())
+
 
 class _FullDecoder:
     """No cache: every step runs the whole sequence again (for tests and benchmarks)."""
@@ -207,6 +244,9 @@ def iter_ar(
     generator: None, one torch.Generator, or a list of B generators (one per item: the item's
         tokens then do not depend on the rest of the batch).
     use_cache: False recomputes the full forward at every step; same tokens, much slower.
+    sampling.cfg_scale > 1 (classifier-free guidance) runs each item twice, with its text and with
+        it hidden, so each step costs about twice as much; it needs an AR trained with
+        `text_dropout` and the KV cache.
     start_index [B] (duration-guided models): the text token the first frame speaks, i.e. the
         length of the prompt's transcript at the head of the text (0 without one). Such a model
         never writes EOS: each frame draws "move on to the next token" from its advance head,
@@ -233,6 +273,12 @@ def iter_ar(
     guided = model.config.duration_guided
     if guided and not use_cache:
         raise ValueError("a duration-guided AR generates with its KV cache only (use_cache=True)")
+    cfg = sampling.cfg_scale != 1.0
+    if cfg and model.config.text_dropout == 0:
+        raise ValueError(f"cfg_scale {sampling.cfg_scale} needs an AR trained with text_dropout > 0 (it never learned "
+                         "what to say without its text): use cfg_scale 1, or train with --ar.text_dropout 0.1")
+    if cfg and not use_cache:
+        raise ValueError("classifier-free guidance generates with the KV cache only (use_cache=True)")
 
     T_max = int(high.max()) if B else 0
     codes = torch.zeros(B, T_max, dtype=torch.long, device=device)
@@ -243,7 +289,10 @@ def iter_ar(
     all_logits = torch.zeros(B, T_max, eos + 1, device=device) if return_logits else None
     steps = 0
     if B:
-        if use_cache:
+        if cfg:
+            decoder = _GuidedDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index,
+                                     sampling.cfg_scale)
+        elif use_cache:
             decoder = _CachedDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index)
         else:
             decoder = _FullDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max)
@@ -259,9 +308,10 @@ def iter_ar(
             tokens = _choose(allowed, codes[active, :t], sampling, generators, active)  # [A]
             logprob[active] += raw.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
             if guided:  # this frame is real; moving past the last token ends the item after it
-                alignment[active, t] = decoder.cache.text_index
-                advance = _draw_advance(decoder.cache.advance_logits, generators, active)  # [A]
-                at_last = decoder.cache.text_index == decoder.cache.text_lengths - 1
+                index, n_tokens, advance_logits = decoder.pointer()
+                alignment[active, t] = index
+                advance = _draw_advance(advance_logits, generators, active)  # [A]
+                at_last = index == n_tokens - 1
                 wrote_eos = advance & at_last & (t + 1 >= low[active])
             else:
                 wrote_eos = tokens == eos

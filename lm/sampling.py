@@ -25,6 +25,10 @@ class SamplingConfig:
     repetition_threshold: ...and when the sampled token already makes up at least this share
         of them, it samples again from the full distribution (temperature only) instead of
         the truncated one. 0 turns it off.
+    cfg_scale: classifier-free guidance on the text. Above 1, the AR also runs with its phonemes
+        hidden and samples from uncond + cfg_scale x (cond - uncond) logits, which favours the
+        codes the text makes likely over those the voice alone would; 1 is plain sampling. Needs
+        an AR trained with `text_dropout` (lm/ar.py).
     """
 
     temperature: float = 1.0
@@ -32,6 +36,7 @@ class SamplingConfig:
     top_p: float = 1.0
     repetition_window: int = 10
     repetition_threshold: float = 0.1
+    cfg_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -44,6 +49,13 @@ class SamplingConfig:
             raise ValueError(f"repetition_window must be >= 1, got {self.repetition_window}")
         if not 0.0 <= self.repetition_threshold <= 1.0:
             raise ValueError(f"repetition_threshold is a share of the window in [0, 1], got {self.repetition_threshold}")
+        if self.cfg_scale < 1.0:
+            raise ValueError(f"cfg_scale must be >= 1 (1: no guidance), got {self.cfg_scale}")
+
+
+def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: logits [B, C] with and without the condition -> uncond + scale x (cond - uncond)."""
+    return unconditional + scale * (conditional - unconditional)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

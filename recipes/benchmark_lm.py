@@ -15,6 +15,7 @@ import argparse
 import resource
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from lm.ar import ARConfig, ARModel  # noqa: E402
 from lm.nar import NARConfig, NARModel  # noqa: E402
-from train_lm import ModelSize, TrainLMConfig  # noqa: E402
+from train_lm import ModelSettings, TrainLMConfig  # noqa: E402
 from training import CONFIG_DIR, load_config  # noqa: E402
 
 TEXT_VOCAB = 80
@@ -35,14 +36,16 @@ def peak_rss_gib() -> float:
 
 
 def batch(frame_rate: float, n_q: int, codebook_size: int, max_frames: int, max_batch_size: int):
-    """Items of 6 s (3 s prompt + 3 s target) and 60 phonemes, as many as the frame budget allows."""
+    """Items of 6 s (3 s prompt + 3 s target) and 60 phonemes, as many as the frame budget allows; the
+    alignment (for a duration-guided AR) spreads the phonemes evenly over the target frames."""
     N, P, T = 60, round(3 * frame_rate), round(3 * frame_rate)
     B = max(1, min(max_batch_size, max_frames // (N + P + T)))
     text = torch.randint(4, TEXT_VOCAB, (B, N))
     prompt = torch.randint(0, codebook_size, (B, n_q, P))
     codes = torch.randint(0, codebook_size, (B, n_q, T))
     lengths = lambda n: torch.full((B,), n)  # noqa: E731
-    return (text, lengths(N), prompt, lengths(P), codes, lengths(T)), B * T
+    alignment = (torch.arange(T) * N // T).expand(B, T)
+    return (text, lengths(N), prompt, lengths(P), codes, lengths(T)), alignment, B * T
 
 
 def time_steps(model: torch.nn.Module, inputs, steps: int, **kwargs) -> float:
@@ -58,14 +61,14 @@ def time_steps(model: torch.nn.Module, inputs, steps: int, **kwargs) -> float:
     return min(times[1:]) if steps else times[0]
 
 
-def measure(name: str, size: ModelSize, kind: str, cfg: TrainLMConfig, steps: int) -> dict:
+def measure(name: str, settings: ModelSettings, kind: str, cfg: TrainLMConfig, steps: int) -> dict:
     frame_rate, n_q, codebook_size = CODECS.get(name, CODECS["cpu"])
-    common = dict(text_vocab_size=TEXT_VOCAB, codebook_size=codebook_size, n_q=n_q, d_model=size.d_model,
-                  n_heads=size.n_heads, n_layers=size.n_layers, ffn_dim=size.ffn_dim, ffn=size.ffn, dropout=size.dropout)
+    common = dict(text_vocab_size=TEXT_VOCAB, codebook_size=codebook_size, n_q=n_q, **asdict(settings))
     model = ARModel(ARConfig(**common)) if kind == "ar" else NARModel(NARConfig(**common))
-    inputs, frames = batch(frame_rate, n_q, codebook_size, cfg.max_frames, cfg.max_batch_size)
+    inputs, alignment, frames = batch(frame_rate, n_q, codebook_size, cfg.max_frames, cfg.max_batch_size)
+    options = {"stage": 2} if kind == "nar" else {"alignment": alignment} if model.config.duration_guided else {}
     before = peak_rss_gib()
-    seconds = time_steps(model.train(), inputs, steps, **({"stage": 2} if kind == "nar" else {}))
+    seconds = time_steps(model.train(), inputs, steps, **options)
     return {"preset": name, "model": kind.upper(), "params": model.num_parameters() / 1e6, "batch": inputs[0].shape[0],
             "frames": frames, "step_s": seconds, "frames_per_s": frames / seconds, "peak_gib": peak_rss_gib() - before}
 

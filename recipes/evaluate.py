@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=DEFAULT_SAMPLING.top_p, help="AR sampling (1: all)")
     parser.add_argument("--repetition-threshold", type=float, default=DEFAULT_SAMPLING.repetition_threshold,
                         help="AR sampling: VALL-E 2's repetition-aware resampling (0: off)")
+    parser.add_argument("--cfg-scale", type=float, default=DEFAULT_SAMPLING.cfg_scale,
+                        help="AR sampling: classifier-free guidance on the text (1: off; needs an AR trained with "
+                             "text_dropout)")
     parser.add_argument("--best-of", type=int, default=1,
                         help="candidates per sentence, the best kept (default 1; candidate 0 is the best-of-1 synthesis)")
     parser.add_argument("--rerank", default=None,
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> Path:
                                   speaker=speaker if speaker is not None else args.speaker,
                                   language=items[0].target.language, device=device)
     sampling = replace(DEFAULT_SAMPLING, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       repetition_threshold=args.repetition_threshold)
+                       repetition_threshold=args.repetition_threshold, cfg_scale=args.cfg_scale)
     print(f"evaluating {len(items)} sentences by {len({i.target.speaker for i in items})} held-out speakers, "
           f"prompt text: {args.prompt_text}; ASR: {asr.name if asr else 'none'}, "
           f"speaker encoder: {speaker.name if speaker else 'none'}", flush=True)

@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,21 +43,30 @@ STAGES = ("ar", "nar", "both")
 
 
 @dataclass
-class ModelSize:
+class ModelSettings:
+    """A model's settings beyond what the corpus fixes (vocabulary, codec): its size. The NAR's whole config."""
+
     d_model: int = 1024
     n_heads: int = 16
     n_layers: int = 12
     ffn_dim: int = 4096
     ffn: str = "gelu"
     dropout: float = 0.1
-    duration_guided: bool = False  # AR only: read the aligned text token at each frame (recipes/align.py first)
-    text_window: int | None = None  # duration-guided AR only: its frames see the text tokens within this many
+
+
+@dataclass
+class ARSettings(ModelSettings):
+    """The AR's: its size, and how it reads its text (lm/ar.py's ARConfig)."""
+
+    duration_guided: bool = False  # read the aligned text token at each frame (recipes/align.py first)
+    text_window: int | None = None  # duration-guided: its frames see the text tokens within this many
+    text_dropout: float = 0.0  # share of items trained with the phonemes hidden (classifier-free guidance)
 
 
 @dataclass
 class TrainLMConfig:
-    ar: ModelSize = field(default_factory=ModelSize)
-    nar: ModelSize = field(default_factory=ModelSize)
+    ar: ARSettings = field(default_factory=ARSettings)
+    nar: ModelSettings = field(default_factory=ModelSettings)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     tokens: str = "runs/quickstart/tokens"
     train_split: str = "train"
@@ -111,16 +120,14 @@ def build_models(cfg: TrainLMConfig, corpus: TokenCorpus, stages: list[str]) -> 
             source = Path(cfg.init_from) / stage
             models[stage] = model_class.from_pretrained(source, expect_codec=codec, expect_text_vocab=vocab)
             continue
-        size = getattr(cfg, stage)
-        extra = {"duration_guided": size.duration_guided, "text_window": size.text_window} if stage == "ar" else {}
-        if extra.get("duration_guided") and not corpus.has_durations:
+        settings = getattr(cfg, stage)
+        if getattr(settings, "duration_guided", False) and not corpus.has_durations:
             raise SystemExit(f"--ar.duration_guided needs durations in {corpus.directory}: "
                              f"run `python recipes/align.py --tokens {corpus.directory}` first")
         models[stage] = model_class(config_class(
             text_vocab_size=len(corpus.vocab), text_pad_id=corpus.vocab.pad_id,
             codebook_size=codec.codebook_size, n_q=codec.n_q, codec=codec.to_dict(), text_vocab=vocab,
-            d_model=size.d_model, n_heads=size.n_heads, n_layers=size.n_layers, ffn_dim=size.ffn_dim,
-            ffn=size.ffn, dropout=size.dropout, **extra,
+            **asdict(settings),
         ))  # fmt: skip
     return models
 

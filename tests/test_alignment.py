@@ -13,6 +13,7 @@ from lm.ar import ARConfig, ARModel
 from lm.generation import generate_ar
 from lm.layout import frame_mask
 from lm.reading import attention_stats, shuffle_text
+from lm.sampling import SamplingConfig, guide
 
 V, C, K = 24, 32, 2
 TINY = dict(text_vocab_size=V, codebook_size=C, n_q=K, d_model=32, n_heads=4, n_layers=2, ffn_dim=64, dropout=0.0)
@@ -211,6 +212,25 @@ def test_guided_generation_ends_after_the_last_token(one_thread):
     with pytest.raises(ValueError, match="KV cache"):
         generate_ar(model, x["text"], x["text_lengths"], empty, torch.zeros(3, dtype=torch.long), max_new_tokens=5,
                     use_cache=False)
+
+
+def test_guided_pointer_follows_the_real_text_under_classifier_free_guidance(one_thread):
+    torch.manual_seed(0)
+    model = ARModel(ARConfig(**TINY, duration_guided=True, text_window=1, text_dropout=0.1)).eval()
+    x = spoken(2, B=3)
+    prompt, prompt_lengths = x["codes"][:, :, :3], torch.tensor([3, 0, 2])
+    greedy = SamplingConfig(temperature=0.0, cfg_scale=2.5)
+    result = generate_ar(model, x["text"], x["text_lengths"], prompt, prompt_lengths, sampling=greedy,
+                         max_new_tokens=40, generator=[torch.Generator().manual_seed(i) for i in range(3)])
+    for b in range(3):  # teacher-forced on what it wrote and the pointer it kept: the guided argmax is each code
+        n, N, P = int(result.lengths[b]), int(x["text_lengths"][b]), int(prompt_lengths[b])
+        codes = result.codes[b:b + 1, :n][:, None].expand(1, K, n)
+        text = x["text"][b:b + 1, :N]
+        logits = [model(t, x["text_lengths"][b:b + 1], prompt[b:b + 1, :, :P], prompt_lengths[b:b + 1], codes,
+                        torch.tensor([n]), alignment=result.alignment[b:b + 1, :n]).logits[0, :n]
+                  for t in (text, model.hide_text(text))]
+        assert torch.equal(guide(*logits, 2.5)[:, :C].argmax(-1), result.codes[b, :n])
+        assert result.alignment[b, n - 1] == N - 1 and (result.alignment[b, :n].diff() >= 0).all()
 
 
 # -- the reading instruments ------------------------------------------------------------------------

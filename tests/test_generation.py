@@ -5,7 +5,7 @@ from codec.interface import CodecIdentity
 from lm.ar import ARConfig, ARModel
 from lm.generation import ARResult, generate_ar, generate_nar, iter_ar, length_limits
 from lm.nar import NARConfig, NARModel
-from lm.sampling import SamplingConfig
+from lm.sampling import SamplingConfig, guide
 
 V, C, K = 24, 16, 4  # text vocabulary, codebook entries, codebooks
 EOS = C
@@ -219,6 +219,65 @@ def test_bad_arguments():
         generate_ar(model, **x, max_new_tokens=5, generator=seeded(1, 2))
     with pytest.raises(ValueError, match="eval mode"):
         generate_ar(ar().train(), **x, max_new_tokens=5)
+
+
+# -- classifier-free guidance ----------------------------------------------------------------------------
+
+
+def test_text_dropout_hides_the_text_of_some_training_items():
+    model, x = ar(text_dropout=0.5), inputs()
+    codes = torch.randint(0, C, (3, K, 6), generator=torch.Generator().manual_seed(1))
+    batch = (*x.values(), codes, torch.tensor([6, 3, 5]))
+    torch.manual_seed(2)
+    trained = model.train()(*batch).logits  # dropout is 0: only the text differs between the two modes
+    model.eval()
+    plain = model(*batch).logits
+    hidden = model(model.hide_text(x["text"]), *batch[1:]).logits
+    same = [torch.allclose(trained[b], plain[b], atol=1e-5) for b in range(3)]
+    without = [torch.allclose(trained[b], hidden[b], atol=1e-5) for b in range(3)]
+    assert all(s != w for s, w in zip(same, without)) and any(same) and any(without)
+    with pytest.raises(ValueError, match="text_dropout"):
+        ARConfig(**TINY, text_dropout=1.0)
+
+
+def test_guided_generation_samples_from_the_guided_logits():
+    model, x = ar(text_dropout=0.1), inputs()
+    guided = generate_ar(model, **x, sampling=SamplingConfig(temperature=0.0, cfg_scale=3.0),
+                         max_new_tokens=torch.tensor([9, 4, 7]), return_logits=True)
+    for b in range(3):  # the same codes through two full forwards, with and without the text
+        one = item(x, b)
+        n = int(guided.lengths[b])
+        written = guided.codes[b:b + 1, :n][:, None].expand(1, K, n)
+        steps = n + int(guided.finished[b])
+        both = [model(text, one["text_lengths"], one["prompt"], one["prompt_lengths"], written, torch.tensor([n]))
+                .logits[0, :steps] for text in (one["text"], model.hide_text(one["text"]))]
+        expected = guide(*both, 3.0)
+        torch.testing.assert_close(guided.logits[b, :steps], expected, rtol=0, atol=1e-4)
+        assert torch.equal(expected[:n].argmax(-1), guided.codes[b, :n])
+    plain = generate_ar(model, **x, sampling=GREEDY, max_new_tokens=torch.tensor([9, 4, 7]))
+    assert not torch.equal(plain.codes, guided.codes)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, RANDOM])
+def test_guided_generation_batched_equals_unbatched(sampling):
+    model, x = ar(text_dropout=0.1), inputs()
+    sampling = SamplingConfig(**{**vars(sampling), "cfg_scale": 2.0})
+    batched = generate_ar(model, **x, sampling=sampling, max_new_tokens=25, generator=seeded(11, 12, 13))
+    for b, seed in enumerate((11, 12, 13)):
+        alone = generate_ar(model, **item(x, b), sampling=sampling, max_new_tokens=25, generator=seeded(seed))
+        n = int(alone.lengths[0])
+        assert batched.lengths[b] == n and torch.equal(batched.codes[b, :n], alone.codes[0, :n])
+
+
+def test_guidance_needs_a_model_trained_for_it():
+    x = inputs()
+    with pytest.raises(ValueError, match="text_dropout"):
+        generate_ar(ar(), **x, max_new_tokens=5, sampling=SamplingConfig(cfg_scale=2.0))
+    with pytest.raises(ValueError, match="KV cache"):
+        generate_ar(ar(text_dropout=0.1), **x, max_new_tokens=5, sampling=SamplingConfig(cfg_scale=2.0),
+                    use_cache=False)
+    with pytest.raises(ValueError, match="cfg_scale"):
+        SamplingConfig(cfg_scale=0.5)
 
 
 # -- the NAR loop ---------------------------------------------------------------------------------------
