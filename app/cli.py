@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="AR sampling temperature (default 1.0; 0 is greedy)")
     synth.add_argument("--top-k", type=int, default=None, help="sample from the k most likely codes (default 0: all)")
     synth.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 0.9)")
+    synth.add_argument("--cfg-scale", type=float, default=None,
+                       help="classifier-free guidance on the text: above 1 the words come out more clearly, at some "
+                            "cost to the voice; 1 turns it off (default: the model's own, 2.5 for a model trained "
+                            "with text dropout)")
     synth.add_argument("--best-of", type=int, default=1, help="candidates per sentence; the best-scored one is kept")
     synth.add_argument("--rerank", default=None,
                        help="how --best-of candidates are scored: one or more of logprob, asr, speaker, e.g. "
@@ -173,7 +177,7 @@ def run_synthesize(args: argparse.Namespace) -> Path | None:
             raise CommandError(f"cannot read --text-file {args.text_file}: {error}") from None
     else:
         text = args.text
-    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
     sampling = SamplingConfig(**{**vars(DEFAULT_SAMPLING), **{k: v for k, v in given.items() if v is not None}})
     tts = _load(args)
     if args.stream:

@@ -88,7 +88,9 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
     streamed audio with it).
     """
     from app.tts import DEFAULT_SAMPLING
+    from lm.generation import cfg_scale_for
 
+    guidance = tts.ar.config.text_dropout > 0  # only an AR trained with its text hidden at times can be guided
     if streaming is None:
         streaming = shutil.which("ffmpeg") is not None
         if not streaming:
@@ -115,6 +117,11 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
                     with gr.Row():
                         top_k = gr.Slider(0, tts.codec.codebook_size, value=DEFAULT_SAMPLING.top_k, step=1,
                                           label="Top-k", info="sample from the k likeliest codes (0: all)")
+                        cfg_scale = gr.Slider(1.0, 5.0, value=cfg_scale_for(tts.ar, DEFAULT_SAMPLING), step=0.25,
+                                              label="Text guidance", visible=guidance,
+                                              info="above 1 the words come out more clearly, at some cost to the "
+                                                   "voice (1: off)")
+                    with gr.Row():
                         best_of = gr.Slider(1, MAX_BEST_OF, value=1, step=1, label="Best of N",
                                             info="candidates per sentence; the best-scored one is kept")
                     rerank = gr.CheckboxGroup(list(SCORER_NAMES), value=["logprob"], label="Score the candidates by",
@@ -134,17 +141,18 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
             _add_examples(demo, prompt_wav, prompt_text, text)
 
         def synthesize(prompt_wav: str | None, prompt_text: str, text: str, language: str, temperature: float,
-                       top_k: float, top_p: float, seed: float, best_of: float, rerank: list[str]):
+                       top_k: float, top_p: float, cfg_scale: float, seed: float, best_of: float, rerank: list[str]):
             with _page_errors(prompt_wav):
-                return _synthesize(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed,
-                                   best_of, rerank)
+                return _synthesize(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p,
+                                   cfg_scale, seed, best_of, rerank)
 
         def stream(prompt_wav: str | None, prompt_text: str, text: str, language: str, temperature: float,
-                   top_k: float, top_p: float, seed: float):
+                   top_k: float, top_p: float, cfg_scale: float, seed: float):
             with _page_errors(prompt_wav):
-                yield from _stream(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed)
+                yield from _stream(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p, cfg_scale,
+                                   seed)
 
-        form = [prompt_wav, prompt_text, text, language, temperature, top_k, top_p, seed]
+        form = [prompt_wav, prompt_text, text, language, temperature, top_k, top_p, cfg_scale, seed]
         button.click(synthesize, inputs=[*form, best_of, rerank], outputs=[audio, spectrogram, info],
                      api_name="synthesize")
         if streaming:
@@ -172,12 +180,12 @@ def _page_errors(prompt_wav: str | None) -> Iterator[None]:
 
 
 def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: str | None, language: str,
-                temperature: float, top_k: float, top_p: float, seed: float | None, best_of: float,
+                temperature: float, top_k: float, top_p: float, cfg_scale: float, seed: float | None, best_of: float,
                 rerank: Sequence[str] | None = ("logprob",)) -> tuple[tuple[int, np.ndarray], np.ndarray, str]:
     """One request of the form -> ((sample_rate, int16 [T]), spectrogram RGB [H, W, 3], details)."""
     from app.prompt import MAX_SECONDS
 
-    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p)
+    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p, cfg_scale)
     best_of = int(round(best_of))
     if not 1 <= best_of <= MAX_BEST_OF:
         raise ValueError(f"best of N must be between 1 and {MAX_BEST_OF}, got {best_of}")
@@ -205,9 +213,9 @@ def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, tex
 
 
 def _stream(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: str | None, language: str,
-            temperature: float, top_k: float, top_p: float, seed: float | None) -> Iterator[tuple]:
+            temperature: float, top_k: float, top_p: float, cfg_scale: float, seed: float | None) -> Iterator[tuple]:
     """One streamed request -> ((sample_rate, int16 chunk), details) per chunk, as `TTS.stream` writes them."""
-    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p)
+    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p, cfg_scale)
     start = time.perf_counter()
     first, samples = None, 0
     for piece in tts.stream(text, prompt_wav, (prompt_text or "").strip() or None, seed=int(seed or 0),
@@ -223,7 +231,7 @@ def _stream(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: s
 
 
 def _checked_request(prompt_wav: str | None, text: str | None, temperature: float, top_k: float,
-                     top_p: float) -> tuple[str, "SamplingConfig"]:
+                     top_p: float, cfg_scale: float) -> tuple[str, "SamplingConfig"]:
     """The form's text and sampling settings, or a gr.Error that says what to fix."""
     from lm.sampling import SamplingConfig
 
@@ -237,7 +245,8 @@ def _checked_request(prompt_wav: str | None, text: str | None, temperature: floa
     if not prompt_wav:
         raise gr.Error("Upload or record a voice prompt first: 3-10 s of one person speaking clearly.",
                        print_exception=False)
-    return text, SamplingConfig(temperature=float(temperature), top_k=int(round(top_k)), top_p=float(top_p))
+    return text, SamplingConfig(temperature=float(temperature), top_k=int(round(top_k)), top_p=float(top_p),
+                                cfg_scale=float(cfg_scale))
 
 
 def spectrogram_image(wav: np.ndarray, sample_rate: int, label: str) -> np.ndarray:

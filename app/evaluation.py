@@ -445,17 +445,24 @@ def wer_ratio_interval(items: Sequence[ItemResult], system: str, confidence: flo
     return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
 
 
-def word_error_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]], system: str,
-                      confidence: float = 0.9, rounds: int = 5000, seed: int = 0) -> tuple[float, float, float, int] | None:
+def word_error_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                      system: str | Sequence[str], confidence: float = 0.9, rounds: int = 5000,
+                      seed: int = 0) -> tuple[float, float, float, int] | None:
     """How much a system's word errors changed between two evaluations of the same items: the relative
     change of the total (after / before - 1) and its paired bootstrap interval over the items they share.
 
     before / after: item id -> that item's renderings, as in report.json (`word_errors` of each system).
+    system: one system, or several whose word errors are pooled per item (e.g. the syntheses with and
+        without the prompt's transcript: an item is resampled with all of them).
     Returns (change, low, high, items), or None when fewer than two shared items were heard in both.
     """
-    pairs = [(before[i][system]["word_errors"], after[i][system]["word_errors"]) for i in sorted(set(before) & set(after))
-             if system in before[i] and system in after[i]
-             and before[i][system].get("word_errors") is not None and after[i][system].get("word_errors") is not None]
+    systems = [system] if isinstance(system, str) else list(system)
+
+    def heard(renderings: Mapping[str, Any]) -> bool:
+        return all(s in renderings and renderings[s].get("word_errors") is not None for s in systems)
+
+    pairs = [tuple(sum(side[i][s]["word_errors"] for s in systems) for side in (before, after))
+             for i in sorted(set(before) & set(after)) if heard(before[i]) and heard(after[i])]
     if len(pairs) < 2:
         return None
     errors = np.array(pairs, dtype=float)  # [items, 2]: before, after

@@ -34,7 +34,7 @@ import torch
 from lm.ar import ARCache, ARModel
 from lm.layout import frame_mask
 from lm.nar import NARModel
-from lm.sampling import SamplingConfig, apply_temperature, guide, sample, sample_next
+from lm.sampling import DEFAULT_CFG_SCALE, SamplingConfig, apply_temperature, guide, sample, sample_next
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -244,7 +244,7 @@ def iter_ar(
     generator: None, one torch.Generator, or a list of B generators (one per item: the item's
         tokens then do not depend on the rest of the batch).
     use_cache: False recomputes the full forward at every step; same tokens, much slower.
-    sampling.cfg_scale > 1 (classifier-free guidance) runs each item twice, with its text and with
+    sampling.cfg_scale > 1 (classifier-free guidance; None: `cfg_scale_for`'s default) runs each item twice, with its text and with
         it hidden, so each step costs about twice as much; it needs an AR trained with
         `text_dropout` and the KV cache.
     start_index [B] (duration-guided models): the text token the first frame speaks, i.e. the
@@ -273,7 +273,8 @@ def iter_ar(
     guided = model.config.duration_guided
     if guided and not use_cache:
         raise ValueError("a duration-guided AR generates with its KV cache only (use_cache=True)")
-    cfg = sampling.cfg_scale != 1.0
+    cfg_scale = cfg_scale_for(model, sampling)
+    cfg = cfg_scale != 1.0
     if cfg and model.config.text_dropout == 0:
         raise ValueError(f"cfg_scale {sampling.cfg_scale} needs an AR trained with text_dropout > 0 (it never learned "
                          "what to say without its text): use cfg_scale 1, or train with --ar.text_dropout 0.1")
@@ -290,8 +291,7 @@ def iter_ar(
     steps = 0
     if B:
         if cfg:
-            decoder = _GuidedDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index,
-                                     sampling.cfg_scale)
+            decoder = _GuidedDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index, cfg_scale)
         elif use_cache:
             decoder = _CachedDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index)
         else:
@@ -333,6 +333,13 @@ def iter_ar(
     T = int(lengths.max()) if B else 0
     return ARResult(codes[:, :T], lengths, logprob, finished, all_logits[:, :steps] if return_logits else None,
                     alignment[:, :T] if guided else None)
+
+
+def cfg_scale_for(model: ARModel, sampling: SamplingConfig) -> float:
+    """The classifier-free guidance scale `iter_ar` samples with: the sampling's, or (None) the model's own."""
+    if sampling.cfg_scale is not None:
+        return sampling.cfg_scale
+    return DEFAULT_CFG_SCALE if model.config.text_dropout > 0 else 1.0
 
 
 def _draw_advance(logits: torch.Tensor, generators: torch.Generator | list[torch.Generator] | None,

@@ -27,8 +27,9 @@ class SamplingConfig:
         the truncated one. 0 turns it off.
     cfg_scale: classifier-free guidance on the text. Above 1, the AR also runs with its phonemes
         hidden and samples from uncond + cfg_scale x (cond - uncond) logits, which favours the
-        codes the text makes likely over those the voice alone would; 1 is plain sampling. Needs
-        an AR trained with `text_dropout` (lm/ar.py).
+        codes the text makes likely over those the voice alone would; 1 is plain sampling; None
+        (the default) takes the model's own: `DEFAULT_CFG_SCALE` for an AR trained with
+        `text_dropout` (lm/ar.py), which guidance needs, and 1 for any other.
     """
 
     temperature: float = 1.0
@@ -36,7 +37,7 @@ class SamplingConfig:
     top_p: float = 1.0
     repetition_window: int = 10
     repetition_threshold: float = 0.1
-    cfg_scale: float = 1.0
+    cfg_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -49,8 +50,14 @@ class SamplingConfig:
             raise ValueError(f"repetition_window must be >= 1, got {self.repetition_window}")
         if not 0.0 <= self.repetition_threshold <= 1.0:
             raise ValueError(f"repetition_threshold is a share of the window in [0, 1], got {self.repetition_threshold}")
-        if self.cfg_scale < 1.0:
-            raise ValueError(f"cfg_scale must be >= 1 (1: no guidance), got {self.cfg_scale}")
+        if self.cfg_scale is not None and self.cfg_scale < 1.0:
+            raise ValueError(f"cfg_scale must be >= 1 (1: no guidance), or None for the model's own; got {self.cfg_scale}")
+
+
+# The guidance an AR trained with text dropout samples with unless told otherwise (README: classifier-free
+# guidance): on the quickstart, 2.5 removed 8 % of the word errors with the prompt's transcript and 6 % without
+# it, and kept the voice; 4 removed as many, and took similarity to the speaker from 0.75 to 0.70.
+DEFAULT_CFG_SCALE = 2.5
 
 
 def guide(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:

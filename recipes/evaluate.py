@@ -77,8 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repetition-threshold", type=float, default=DEFAULT_SAMPLING.repetition_threshold,
                         help="AR sampling: VALL-E 2's repetition-aware resampling (0: off)")
     parser.add_argument("--cfg-scale", type=float, default=DEFAULT_SAMPLING.cfg_scale,
-                        help="AR sampling: classifier-free guidance on the text (1: off; needs an AR trained with "
-                             "text_dropout)")
+                        help="AR sampling: classifier-free guidance on the text (1: off; default: the model's own, "
+                             "lm/generation.py's cfg_scale_for)")
     parser.add_argument("--best-of", type=int, default=1,
                         help="candidates per sentence, the best kept (default 1; candidate 0 is the best-of-1 synthesis)")
     parser.add_argument("--rerank", default=None,

@@ -72,7 +72,8 @@ def prompts(tmp_path_factory) -> dict[str, Path]:
 
 def ask(client: Client, prompt: Path | None, text: str = TEXT, **settings):
     inputs = dict(prompt_wav=handle_file(str(prompt)) if prompt else None, prompt_text="", text=text,
-                  language="en-us", temperature=1.0, top_k=0, top_p=0.9, seed=0, best_of=1, rerank=["logprob"])
+                  language="en-us", temperature=1.0, top_k=0, top_p=0.9, cfg_scale=1.0, seed=0, best_of=1,
+                  rerank=["logprob"])
     return client.predict(**{**inputs, **settings}, api_name=API)
 
 
@@ -149,7 +150,7 @@ STORY = "The children found a tiny kite. Then it rained."
 
 def test_the_stream_handler_yields_the_synthesis_chunk_by_chunk(tts, prompts):
     """Without Gradio's encoder (which needs ffmpeg): the chunks the Stream button sends, and its details."""
-    updates = list(app.demo._stream(tts, str(prompts["good"]), PROMPT_TEXT, STORY, "en-us", 1.0, 0, 0.9, 5))
+    updates = list(app.demo._stream(tts, str(prompts["good"]), PROMPT_TEXT, STORY, "en-us", 1.0, 0, 0.9, 1.0, 5))
     chunks = [audio for audio, _ in updates[:-1]]
     assert len(chunks) > 2 and all(sr == SR and pcm.dtype == np.int16 for sr, pcm in chunks)
     whole, _ = tts.synthesize(STORY, str(prompts["good"]), PROMPT_TEXT, seed=5)
@@ -158,13 +159,13 @@ def test_the_stream_handler_yields_the_synthesis_chunk_by_chunk(tts, prompts):
     assert "streaming: first audio after" in updates[0][1]
     assert f"{len(whole) / SR:.2f} s of speech streamed" in updates[-1][1]
     with pytest.raises(gr.Error, match="text box is empty"):
-        next(app.demo._stream(tts, str(prompts["good"]), "", "  ", "en-us", 1.0, 0, 0.9, 5))
+        next(app.demo._stream(tts, str(prompts["good"]), "", "  ", "en-us", 1.0, 0, 0.9, 1.0, 5))
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="Gradio encodes streamed audio with ffmpeg")
 def test_the_stream_button_streams_through_the_page(client, tts, prompts):
     inputs = dict(prompt_wav=handle_file(str(prompts["good"])), prompt_text="", text=STORY, language="en-us",
-                  temperature=1.0, top_k=0, top_p=0.9, seed=5)
+                  temperature=1.0, top_k=0, top_p=0.9, cfg_scale=1.0, seed=5)
     job = client.submit(**inputs, api_name="/stream")
     _, details = job.result()
     updates = job.outputs()

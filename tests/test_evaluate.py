@@ -228,6 +228,11 @@ def test_word_error_change_is_paired_over_shared_items(capsys):
     change, low, high, _ = word_error_change(before, after, "synthesis_with_text")
     assert change == pytest.approx(39 / 40 - 1)
     assert low < change < high
+    for side, errors in ((before, 6), (after, 2)):  # both modes of each item, pooled
+        for i in range(10):
+            side[f"u{i}"]["synthesis_without_text"] = {"word_errors": errors}
+    change, _, _, items = word_error_change(before, after, ["synthesis_with_text", "synthesis_without_text"])
+    assert items == 10 and change == pytest.approx((39 + 20) / (40 + 60) - 1)
 
 
 def test_compare_evaluations_recipe(tmp_path, capsys):
@@ -243,6 +248,12 @@ def test_compare_evaluations_recipe(tmp_path, capsys):
     lines = compare_evaluations.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert "| synthesis, with prompt text | 4 | -50.0% | [-50.0%, -50.0%] |" in lines
     assert "| ground truth | 4 | +0.0% |" in "\n".join(lines)
+    assert not any("pooled" in line for line in lines)  # one prompt mode only
+    both = {"items": [{"id": f"u{i}", "renderings": {"synthesis_with_text": {"word_errors": 4},
+                                                     "synthesis_without_text": {"word_errors": 6}}} for i in range(2)]}
+    (tmp_path / "c.json").write_text(json.dumps(both))
+    lines = compare_evaluations.main([str(tmp_path / "c.json"), str(tmp_path / "c.json")])
+    assert lines[-1] == "| syntheses, both prompt modes pooled | 2 x 2 | +0.0% | [+0.0%, +0.0%] |"
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a report.json"):
         compare_evaluations.main([str(tmp_path / "a.json"), str(tmp_path / "c.json")])

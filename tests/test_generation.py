@@ -3,9 +3,9 @@ import torch
 
 from codec.interface import CodecIdentity
 from lm.ar import ARConfig, ARModel
-from lm.generation import ARResult, generate_ar, generate_nar, iter_ar, length_limits
+from lm.generation import ARResult, cfg_scale_for, generate_ar, generate_nar, iter_ar, length_limits
 from lm.nar import NARConfig, NARModel
-from lm.sampling import SamplingConfig, guide
+from lm.sampling import DEFAULT_CFG_SCALE, SamplingConfig, guide
 
 V, C, K = 24, 16, 4  # text vocabulary, codebook entries, codebooks
 EOS = C
@@ -267,6 +267,17 @@ def test_guided_generation_batched_equals_unbatched(sampling):
         alone = generate_ar(model, **item(x, b), sampling=sampling, max_new_tokens=25, generator=seeded(seed))
         n = int(alone.lengths[0])
         assert batched.lengths[b] == n and torch.equal(batched.codes[b, :n], alone.codes[0, :n])
+
+
+def test_the_default_guidance_is_the_models_own():
+    plain, trained = ar(), ar(text_dropout=0.1)
+    assert cfg_scale_for(plain, SamplingConfig()) == 1.0 and cfg_scale_for(trained, SamplingConfig()) == DEFAULT_CFG_SCALE
+    assert cfg_scale_for(trained, SamplingConfig(cfg_scale=1.0)) == 1.0
+    x = inputs()
+    default = generate_ar(trained, **x, max_new_tokens=12, sampling=SamplingConfig(temperature=0.0))
+    explicit = generate_ar(trained, **x, max_new_tokens=12,
+                           sampling=SamplingConfig(temperature=0.0, cfg_scale=DEFAULT_CFG_SCALE))
+    assert_same(default, explicit)
 
 
 def test_guidance_needs_a_model_trained_for_it():
