@@ -13,7 +13,8 @@ Codebook 1 then comes from, in order of the help the AR gets:
     recording's timing   the AR's own codes, each fed back, its pointer moved on the recording's timing
     synthesis            the AR's own codes and timing: what synthesis writes
 
-Each is completed by the NAR and decoded (`TTS.complete`) and heard by the ASR. If teacher forcing
+An AR trained with text dropout is guided by its text in every row as synthesis guides it (its default
+`cfg_scale`, lm/generation.py). Each is completed by the NAR and decoded (`TTS.complete`) and heard by the ASR. If teacher forcing
 already loses the words, the AR's per-frame distribution is what to improve; if the words go only
 when its own codes are fed back, exposure to its own mistakes; if only with its own timing, the pointer.
 Prints the table (WER, and ÷ the ground truth's with a paired 90 % interval) and writes it as JSON (--out).
@@ -39,7 +40,8 @@ from data.audio import load_audio, resample
 from data.manifest import read_manifest
 from lm.aligner import Aligner
 from lm.ar import ARModel
-from lm.sampling import SamplingConfig, sample_next
+from lm.generation import cfg_scale_for
+from lm.sampling import SamplingConfig, guide, sample_next
 
 SYSTEMS = {
     "recording": "recording's codebook 1",
@@ -79,36 +81,45 @@ def _one(n: int) -> torch.Tensor:
 
 
 def on_timing(ar: ARModel, text: torch.Tensor, prompt: torch.Tensor, alignment: torch.Tensor,
-              choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+              choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], cfg_scale: float = 1.0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write codebook 1 frame by frame with the pointer on a given timing, from the KV cache as synthesis does.
 
     text [N], prompt [K, P], alignment [T] (the token of each frame); choose(logits [C + 1], written [t]) -> the
-    code of frame t (0-d), given the codes written before it; it is fed back. Returns the codes [T] and each
-    frame's logits [T, C + 1]."""
-    T = len(alignment)
-    logits, cache = ar.prefill(text[None], _one(len(text)), prompt[None], _one(prompt.shape[1]), max_new_tokens=T,
-                               start_index=alignment[:1])
+    code of frame t (0-d), given the codes written before it; it is fed back. cfg_scale > 1 guides the logits by
+    the text as synthesis does (a second item with the text hidden). Returns the codes [T] and each frame's
+    logits [T, C + 1]."""
+    T, n = len(alignment), 2 if cfg_scale != 1.0 else 1
+    texts = torch.stack([text, ar.hide_text(text)][:n])  # [n, N]
+    logits, cache = ar.prefill(texts, _one(len(text)).expand(n), prompt[None].expand(n, -1, -1),
+                               _one(prompt.shape[1]).expand(n), max_new_tokens=T, start_index=alignment[:1].expand(n))
     written, every = torch.zeros(T, dtype=torch.long), []
     for t in range(T):
-        every.append(logits[0])
-        written[t] = choose(logits[0], written[:t])
+        every.append(guide(logits[0], logits[1], cfg_scale) if n == 2 else logits[0])
+        written[t] = choose(every[-1], written[:t])
         if t + 1 < T:
-            logits, cache = ar.step(written[t : t + 1], cache, (alignment[t + 1] > alignment[t])[None])
+            logits, cache = ar.step(written[t : t + 1].expand(n), cache, (alignment[t + 1] > alignment[t]).expand(n))
     return written, torch.stack(every)
 
 
 @torch.inference_mode()
 def codebook1_variants(ar: ARModel, text: torch.Tensor, prompt: torch.Tensor, codes: torch.Tensor,
                        alignment: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> Codebook1:
-    """text [N], prompt [K, P], codes [K, T] (the recording's), alignment [T] -> codebook 1 under each help level."""
+    """text [N], prompt [K, P], codes [K, T] (the recording's), alignment [T] -> codebook 1 under each help level,
+    guided by the text as `sampling` would guide synthesis."""
     T, eos = codes.shape[1], ar.config.eos_id
-    logits = ar(text[None], _one(len(text)), prompt[None], _one(prompt.shape[1]), codes[None], _one(T),
-                alignment=alignment[None]).logits[0, :T]  # [T, C + 1]
+    cfg_scale = cfg_scale_for(ar, sampling)
+
+    def forced(text: torch.Tensor) -> torch.Tensor:
+        return ar(text[None], _one(len(text)), prompt[None], _one(prompt.shape[1]), codes[None], _one(T),
+                  alignment=alignment[None]).logits[0, :T]  # [T, C + 1]
+
+    logits = forced(text) if cfg_scale == 1.0 else guide(forced(text), forced(ar.hide_text(text)), cfg_scale)
     draw = lambda frame, history: sample_next(  # noqa: E731  (a frame is never EOS)
         frame[None, :eos].float(), history[None], sampling, generator)[0]
     truth = codes[0].long()
     drawn = torch.stack([draw(logits[t], truth[:t]) for t in range(T)])
-    own, _ = on_timing(ar, text, prompt, alignment, draw)
+    own, _ = on_timing(ar, text, prompt, alignment, draw, cfg_scale)
     return Codebook1(truth, logits[:, :eos].argmax(-1), drawn, own)
 
 

@@ -18,6 +18,7 @@ from data.manifest import Utterance, read_manifest, write_manifest
 from data.synthetic import build_synthetic_corpus
 from lm.aligner import Aligner, AlignerConfig
 from lm.ar import ARConfig, ARModel
+from lm.sampling import DEFAULT_CFG_SCALE, guide
 from conftest import build_tiny_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -303,10 +304,11 @@ def test_evaluate_refuses_bad_best_of_and_rerank(tiny_model_dir, corpus, capsys)
 # -- where a duration-guided AR loses the words (recipes/diagnose_ar.py) ------------------------------
 
 
-def _guided_model(tmp_path: Path) -> Path:
+def _guided_model(tmp_path: Path, **changes) -> Path:
     model_dir = build_tiny_model(tmp_path)
     config = json.loads((model_dir / "ar" / "config.json").read_text())
-    ARModel(ARConfig.from_dict({**config, "duration_guided": True, "text_window": 1})).save_pretrained(model_dir / "ar")
+    ARModel(ARConfig.from_dict({**config, "duration_guided": True, "text_window": 1, **changes})).save_pretrained(
+        model_dir / "ar")
     return model_dir
 
 
@@ -326,6 +328,23 @@ def test_on_timing_with_the_recordings_codes_fed_back_is_teacher_forcing(tmp_pat
     assert torch.equal(variants.teacher_forced_top1, forced[:, :16].argmax(-1))
     assert all(v.shape == (12,) and 0 <= v.min() and v.max() < 16 for v in
                (variants.teacher_forced, variants.recording_timing))
+
+
+def test_the_diagnosis_guides_the_ar_as_synthesis_does(tmp_path):
+    ar = TTS.from_pretrained(_guided_model(tmp_path, text_dropout=0.1)).ar
+    g = torch.Generator().manual_seed(1)
+    text = torch.randint(3, ar.config.text_vocab_size, (6,), generator=g)
+    prompt, codes = torch.randint(0, 16, (3, 4), generator=g), torch.randint(0, 16, (3, 9), generator=g)
+    alignment = torch.tensor([0, 1, 1, 2, 3, 3, 4, 5, 5])
+    one = lambda n: torch.tensor([n])  # noqa: E731
+    forced = [ar(t[None], one(6), prompt[None], one(4), codes[None], one(9), alignment=alignment[None]).logits[0, :9]
+              for t in (text, ar.hide_text(text))]
+    guided = guide(*forced, DEFAULT_CFG_SCALE)
+    _, logits = diagnose_ar.on_timing(ar, text, prompt, alignment, lambda frame, before: codes[0, len(before)],
+                                      DEFAULT_CFG_SCALE)
+    assert torch.allclose(logits, guided, atol=1e-4)
+    variants = diagnose_ar.codebook1_variants(ar, text, prompt, codes, alignment, DEFAULT_SAMPLING, g)
+    assert torch.equal(variants.teacher_forced_top1, guided[:, :16].argmax(-1))
 
 
 def test_diagnose_ar_end_to_end(tmp_path, corpus, capsys):
