@@ -41,6 +41,7 @@ from app.tts import DEFAULT_SAMPLING, TTS
 from codec.evaluation import write_examples
 from data.manifest import read_manifest
 from data.plots import plot_spectrograms
+from lm.generation import cfg_scale_for
 
 logger = logging.getLogger("evaluate")
 
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
                                   language=items[0].target.language, device=device)
     sampling = replace(DEFAULT_SAMPLING, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        repetition_threshold=args.repetition_threshold, cfg_scale=args.cfg_scale)
+    sampling = replace(sampling, cfg_scale=cfg_scale_for(tts.ar, sampling))  # the report records the scale used
     print(f"evaluating {len(items)} sentences by {len({i.target.speaker for i in items})} held-out speakers, "
           f"prompt text: {args.prompt_text}; ASR: {asr.name if asr else 'none'}, "
           f"speaker encoder: {speaker.name if speaker else 'none'}", flush=True)
