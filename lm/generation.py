@@ -89,10 +89,10 @@ class ARResult:
         is not among them).
     lengths [B]: frames written.
     logprob [B]: sum of the log-probabilities of the chosen tokens, EOS included when written,
-        under the model's own distribution (temperature 1, no top-k/top-p, no EOS mask), for
-        scoring best-of-N candidates.
+        under the model's own distribution (temperature 1, no top-k/top-p, no EOS mask; guided by
+        the text when `cfg_scale` > 1), for scoring best-of-N candidates.
     finished [B]: True where the item wrote EOS, False where it hit its maximum.
-    logits [B, S, C + 1] (with `return_logits`): the raw logits each token was chosen from,
+    logits [B, S, C + 1] (with `return_logits`): the raw (guided) logits each token was chosen from,
         S = max(lengths + finished) steps; 0 after an item's last step.
     alignment [B, T] (duration-guided models): the text index each frame was written for.
     """
