@@ -244,9 +244,9 @@ def iter_ar(
     generator: None, one torch.Generator, or a list of B generators (one per item: the item's
         tokens then do not depend on the rest of the batch).
     use_cache: False recomputes the full forward at every step; same tokens, much slower.
-    sampling.cfg_scale > 1 (classifier-free guidance; None: `cfg_scale_for`'s default) runs each item twice, with its text and with
-        it hidden, so each step costs about twice as much; it needs an AR trained with
-        `text_dropout` and the KV cache.
+    sampling.cfg_scale > 1 (classifier-free guidance; None takes `cfg_scale_for`'s default) runs each
+        item twice, with its text and with it hidden, so each step costs about twice as much; it
+        needs an AR trained with `text_dropout` and the KV cache.
     start_index [B] (duration-guided models): the text token the first frame speaks, i.e. the
         length of the prompt's transcript at the head of the text (0 without one). Such a model
         never writes EOS: each frame draws "move on to the next token" from its advance head,

@@ -14,8 +14,8 @@ Codebook 1 then comes from, in order of the help the AR gets:
     synthesis            the AR's own codes and timing: what synthesis writes
 
 An AR trained with text dropout is guided by its text in every row as synthesis guides it (its default
-`cfg_scale`, lm/generation.py). Each is completed by the NAR and decoded (`TTS.complete`) and heard by the ASR. If teacher forcing
-already loses the words, the AR's per-frame distribution is what to improve; if the words go only
+`cfg_scale`, lm/generation.py). Each is completed by the NAR and decoded (`TTS.complete`) and heard by
+the ASR. If teacher forcing already loses the words, the AR's per-frame distribution is what to improve; if the words go only
 when its own codes are fed back, exposure to its own mistakes; if only with its own timing, the pointer.
 Prints the table (WER, and ÷ the ground truth's with a paired 90 % interval) and writes it as JSON (--out).
 """
