@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 0.9)")
     synth.add_argument("--cfg-scale", type=float, default=None,
                        help="classifier-free guidance on the text: above 1 the words come out more clearly, at some "
-                            "cost to the voice; 1 turns it off (default: the model's own, 2.5 for a model trained "
-                            "with text dropout)")
+                            "cost to the voice; 1 turns it off (default: the model's own, lm/sampling.py's "
+                            "DEFAULT_CFG_SCALE for a model trained with text dropout, else 1)")
     synth.add_argument("--best-of", type=int, default=1, help="candidates per sentence; the best-scored one is kept")
     synth.add_argument("--rerank", default=None,
                        help="how --best-of candidates are scored: one or more of logprob, asr, speaker, e.g. "

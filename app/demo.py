@@ -90,7 +90,6 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
     from app.tts import DEFAULT_SAMPLING
     from lm.generation import cfg_scale_for
 
-    guidance = tts.ar.config.text_dropout > 0  # only an AR trained with its text hidden at times can be guided
     if streaming is None:
         streaming = shutil.which("ffmpeg") is not None
         if not streaming:
@@ -118,7 +117,7 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
                         top_k = gr.Slider(0, tts.codec.codebook_size, value=DEFAULT_SAMPLING.top_k, step=1,
                                           label="Top-k", info="sample from the k likeliest codes (0: all)")
                         cfg_scale = gr.Slider(1.0, 5.0, value=cfg_scale_for(tts.ar, DEFAULT_SAMPLING), step=0.25,
-                                              label="Text guidance", visible=guidance,
+                                              label="Text guidance", visible=tts.ar.config.guidable,
                                               info="above 1 the words come out more clearly, at some cost to the "
                                                    "voice (1: off)")
                     with gr.Row():

@@ -75,6 +75,11 @@ class ARConfig(LMConfig):
                                  f"got {self.text_window!r}")
 
     @property
+    def guidable(self) -> bool:
+        """Trained with its text hidden at times, so synthesis can guide it by its text."""
+        return self.text_dropout > 0
+
+    @property
     def eos_id(self) -> int:
         """Predicted after the last frame; also a valid input to `step`."""
         return self.codebook_size

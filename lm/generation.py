@@ -167,6 +167,17 @@ class _GuidedDecoder(_CachedDecoder):
         return tuple(x[:A] for x in super().pointer())
 
 
+def cached_decoder(model: ARModel, text: torch.Tensor, text_lengths: torch.Tensor, prompt: torch.Tensor,
+                   prompt_lengths: torch.Tensor, reserve: int, start_index: torch.Tensor | None = None,
+                   cfg_scale: float = 1.0) -> _CachedDecoder:
+    """The KV-cached decoder of one generation: `first()` -> logits [B, C + 1] of the first frame, then
+    `next(tokens [B], advance [B] | None)` -> the next ones, `keep(index)` to drop items and (duration-guided)
+    `pointer()`; guided by the text when cfg_scale != 1 (`cfg_scale_for` checks that the model can be)."""
+    if cfg_scale != 1.0:
+        return _GuidedDecoder(model, text, text_lengths, prompt, prompt_lengths, reserve, start_index, cfg_scale)
+    return _CachedDecoder(model, text, text_lengths, prompt, prompt_lengths, reserve, start_index)
+
+
 class _FullDecoder:
     """No cache: every step runs the whole sequence again (for tests and benchmarks)."""
 
@@ -274,11 +285,7 @@ def iter_ar(
     if guided and not use_cache:
         raise ValueError("a duration-guided AR generates with its KV cache only (use_cache=True)")
     cfg_scale = cfg_scale_for(model, sampling)
-    cfg = cfg_scale != 1.0
-    if cfg and model.config.text_dropout == 0:
-        raise ValueError(f"cfg_scale {sampling.cfg_scale} needs an AR trained with text_dropout > 0 (it never learned "
-                         "what to say without its text): use cfg_scale 1, or train with --ar.text_dropout 0.1")
-    if cfg and not use_cache:
+    if cfg_scale != 1.0 and not use_cache:
         raise ValueError("classifier-free guidance generates with the KV cache only (use_cache=True)")
 
     T_max = int(high.max()) if B else 0
@@ -290,10 +297,8 @@ def iter_ar(
     all_logits = torch.zeros(B, T_max, eos + 1, device=device) if return_logits else None
     steps = 0
     if B:
-        if cfg:
-            decoder = _GuidedDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index, cfg_scale)
-        elif use_cache:
-            decoder = _CachedDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index)
+        if use_cache:
+            decoder = cached_decoder(model, text, text_lengths, prompt, prompt_lengths, T_max, start_index, cfg_scale)
         else:
             decoder = _FullDecoder(model, text, text_lengths, prompt, prompt_lengths, T_max)
         active = torch.arange(B, device=device)  # the items still writing, in decoder order
@@ -337,9 +342,12 @@ def iter_ar(
 
 def cfg_scale_for(model: ARModel, sampling: SamplingConfig) -> float:
     """The classifier-free guidance scale `iter_ar` samples with: the sampling's, or (None) the model's own."""
-    if sampling.cfg_scale is not None:
-        return sampling.cfg_scale
-    return DEFAULT_CFG_SCALE if model.config.text_dropout > 0 else 1.0
+    if sampling.cfg_scale is None:
+        return DEFAULT_CFG_SCALE if model.config.guidable else 1.0
+    if sampling.cfg_scale != 1.0 and not model.config.guidable:
+        raise ValueError(f"cfg_scale {sampling.cfg_scale} needs an AR trained with text_dropout > 0 (it never learned "
+                         "what to say without its text): use cfg_scale 1, or train with --ar.text_dropout 0.1")
+    return sampling.cfg_scale
 
 
 def _draw_advance(logits: torch.Tensor, generators: torch.Generator | list[torch.Generator] | None,

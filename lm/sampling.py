@@ -56,7 +56,7 @@ class SamplingConfig:
 
 # The guidance an AR trained with text dropout samples with unless told otherwise (README: classifier-free
 # guidance): on the quickstart, 2.5 removed 8 % of the word errors with the prompt's transcript and 6 % without
-# it, and kept the voice; 4 removed as many, and took similarity to the speaker from 0.75 to 0.70.
+# it, for 0.01-0.02 of similarity to the speaker; 4 removed about as many, and took similarity from 0.75 to 0.70.
 DEFAULT_CFG_SCALE = 2.5
 
 

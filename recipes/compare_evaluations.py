@@ -43,16 +43,15 @@ def main(argv: list[str] | None = None) -> list[str]:
     systems = [s for s in SYSTEM_LABELS if any(s in before[i] and s in after[i] for i in shared)]
     lines = [f"{len(shared)} items in both reports; relative change of the word errors, 90 % paired interval:", "",
              "| system | items | change | interval |", "|---|---:|---:|---|"]
-    for system in systems:
-        found = word_error_change(before, after, system)
+    rows = [(SYSTEM_LABELS[system], system, "") for system in systems]
+    both_modes = [synthesis_system(mode) for mode in PROMPT_MODES]
+    if set(both_modes) <= set(systems):
+        rows.append(("syntheses, both prompt modes pooled", both_modes, " x 2"))
+    for label, pooled, per_item in rows:
+        found = word_error_change(before, after, pooled)
         if found is not None:
             change, low, high, items = found
-            lines.append(f"| {SYSTEM_LABELS[system]} | {items} | {change:+.1%} | [{low:+.1%}, {high:+.1%}] |")
-    both_modes = [synthesis_system(mode) for mode in PROMPT_MODES]
-    found = word_error_change(before, after, both_modes) if set(both_modes) <= set(systems) else None
-    if found is not None:
-        change, low, high, items = found
-        lines.append(f"| syntheses, both prompt modes pooled | {items} x 2 | {change:+.1%} | [{low:+.1%}, {high:+.1%}] |")
+            lines.append(f"| {label} | {items}{per_item} | {change:+.1%} | [{low:+.1%}, {high:+.1%}] |")
     print("\n".join(lines))
     return lines
 

@@ -40,7 +40,7 @@ from data.audio import load_audio, resample
 from data.manifest import read_manifest
 from lm.aligner import Aligner
 from lm.ar import ARModel
-from lm.generation import cfg_scale_for
+from lm.generation import cached_decoder, cfg_scale_for
 from lm.sampling import SamplingConfig, guide, sample_next
 
 SYSTEMS = {
@@ -89,16 +89,16 @@ def on_timing(ar: ARModel, text: torch.Tensor, prompt: torch.Tensor, alignment: 
     code of frame t (0-d), given the codes written before it; it is fed back. cfg_scale > 1 guides the logits by
     the text as synthesis does (a second item with the text hidden). Returns the codes [T] and each frame's
     logits [T, C + 1]."""
-    T, n = len(alignment), 2 if cfg_scale != 1.0 else 1
-    texts = torch.stack([text, ar.hide_text(text)][:n])  # [n, N]
-    logits, cache = ar.prefill(texts, _one(len(text)).expand(n), prompt[None].expand(n, -1, -1),
-                               _one(prompt.shape[1]).expand(n), max_new_tokens=T, start_index=alignment[:1].expand(n))
+    T = len(alignment)
+    decoder = cached_decoder(ar, text[None], _one(len(text)), prompt[None], _one(prompt.shape[1]), T,
+                             alignment[:1], cfg_scale)
+    logits = decoder.first()
     written, every = torch.zeros(T, dtype=torch.long), []
     for t in range(T):
-        every.append(guide(logits[0], logits[1], cfg_scale) if n == 2 else logits[0])
-        written[t] = choose(every[-1], written[:t])
+        every.append(logits[0])
+        written[t] = choose(logits[0], written[:t])
         if t + 1 < T:
-            logits, cache = ar.step(written[t : t + 1].expand(n), cache, (alignment[t + 1] > alignment[t]).expand(n))
+            logits = decoder.next(written[t : t + 1], (alignment[t + 1] > alignment[t])[None])
     return written, torch.stack(every)
 
 
