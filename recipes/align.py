@@ -49,7 +49,7 @@ from data.tokens import TokenCorpus, durations_path, write_durations
 from lm.aligner import Aligner, AlignerConfig, hard_durations
 from lm.layout import frame_mask
 from lm.pretrained import text_vocab_identity
-from training import load_config, lr_at, save_config
+from recipes.training import load_config, lr_at, save_config
 
 
 @dataclass

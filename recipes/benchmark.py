@@ -31,20 +31,17 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from codec.model import EchoCodec  # noqa: E402
-from lm.ar import ARConfig, ARModel  # noqa: E402
-from lm.generation import generate_ar, generate_nar  # noqa: E402
-from lm.nar import NARConfig, NARModel  # noqa: E402
-from lm.sampling import SamplingConfig, sample_next  # noqa: E402
-from train_codec import TrainCodecConfig  # noqa: E402
-from train_lm import TrainLMConfig  # noqa: E402
-from training import CONFIG_DIR, load_config  # noqa: E402
+from codec.model import EchoCodec
+from lm.ar import ARConfig, ARModel
+from lm.generation import generate_ar, generate_nar
+from lm.nar import NARConfig, NARModel
+from lm.sampling import SamplingConfig, sample_next
+from recipes.train_codec import TrainCodecConfig
+from recipes.train_lm import TrainLMConfig
+from recipes.training import CONFIG_DIR, load_config
 
 TEXT_VOCAB = 128  # about the size of an English phoneme vocabulary with stress marks and punctuation
 SAMPLING = SamplingConfig(temperature=1.0, top_k=50)

@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from codec.discriminators import Discriminator  # noqa: E402
-from codec.interface import Codec  # noqa: E402
-from codec.losses import (  # noqa: E402
+from codec.discriminators import Discriminator
+from codec.interface import Codec
+from codec.losses import (
     discriminator_adversarial_loss,
     feature_matching_loss,
     generator_adversarial_loss,
     multiscale_mel_loss,
 )
-from codec.model import EchoCodec  # noqa: E402
-from train_codec import TrainCodecConfig  # noqa: E402
-from training import CONFIG_DIR, load_config  # noqa: E402
+from codec.model import EchoCodec
+from recipes.train_codec import TrainCodecConfig
+from recipes.training import CONFIG_DIR, load_config
 
 
 def best_time(fn, repeats: int = 3) -> float:

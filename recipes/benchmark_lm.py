@@ -16,16 +16,13 @@ import resource
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from lm.ar import ARConfig, ARModel  # noqa: E402
-from lm.nar import NARConfig, NARModel  # noqa: E402
-from train_lm import ModelSettings, TrainLMConfig  # noqa: E402
-from training import CONFIG_DIR, load_config  # noqa: E402
+from lm.ar import ARConfig, ARModel
+from lm.nar import NARConfig, NARModel
+from recipes.train_lm import ModelSettings, TrainLMConfig
+from recipes.training import CONFIG_DIR, load_config
 
 TEXT_VOCAB = 80
 CODECS = {"tiny": (50.0, 4, 512), "cpu": (50.0, 4, 512), "base": (75.0, 8, 1024)}  # frame rate, K, C

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from app.tts import TTS  # noqa: E402
+from app.tts import TTS
 
 SENTENCES = [
     "The children found a tiny kite near the bridge.",

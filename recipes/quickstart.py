@@ -48,13 +48,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-RECIPES = Path(__file__).resolve().parent
-if str(RECIPES) not in sys.path:  # the recipes import each other as top-level modules (`from training import ...`)
-    sys.path.insert(0, str(RECIPES))
+from data.prepare import SYNTHETIC_HELD_OUT_SPEAKERS
+from data.synthetic import DEFAULT_NUM_SPEAKERS, SYNTHETIC_QUICKSTART_HOURS
+from recipes.training import CONFIG_DIR, checkpoint_dirs, config_to_dict, load_config
 
-from data.prepare import SYNTHETIC_HELD_OUT_SPEAKERS  # noqa: E402
-from data.synthetic import DEFAULT_NUM_SPEAKERS, SYNTHETIC_QUICKSTART_HOURS  # noqa: E402
-from training import CONFIG_DIR, checkpoint_dirs, config_to_dict, load_config  # noqa: E402
+RECIPES = Path(__file__).resolve().parent
 
 STATE_FILE = "quickstart.json"
 EVALUATE_SCRIPT = RECIPES / "evaluate.py"  # the evaluate stage runs its main(argv) when it exists
@@ -257,7 +255,7 @@ def run_corpus(ctx: Context) -> dict[str, Any]:
 
 def _train_codec(ctx: Context, run_dir: Path, what: str, extra: list[str]) -> dict[str, Any]:
     """recipes/train_codec.py on the corpus into `run_dir`, resumed from its checkpoints if it has any."""
-    import train_codec
+    from recipes import train_codec
 
     p = ctx.paths
     argv = ["--preset", ctx.config.codec.preset, "--train_manifest", str(p.corpus / "train.jsonl"),
@@ -281,7 +279,7 @@ def run_decoder(ctx: Context) -> dict[str, Any]:
 
 
 def run_tokens(ctx: Context) -> dict[str, Any]:
-    import tokenize_corpus
+    from recipes import tokenize_corpus
 
     p, c = ctx.paths, ctx.config.tokens
     tokenize_corpus.main(["--codec", str(p.codec_model), "--manifest", str(p.corpus / "train.jsonl"),
@@ -291,7 +289,7 @@ def run_tokens(ctx: Context) -> dict[str, Any]:
 
 
 def run_align(ctx: Context) -> dict[str, Any]:
-    import align
+    from recipes import align
 
     p = ctx.paths
     argv = ["--tokens", str(p.tokens), "--run_dir", str(p.aligner), *recipe_argv(ctx.config.align.overrides)]
@@ -300,7 +298,7 @@ def run_align(ctx: Context) -> dict[str, Any]:
 
 
 def run_lm(ctx: Context) -> dict[str, Any]:
-    import train_lm
+    from recipes import train_lm
 
     p, c = ctx.paths, ctx.config.lm
     resumed = []
@@ -444,7 +442,7 @@ def run_curve(ctx: Context) -> dict[str, Any]:
     """Evaluate the AR's snapshots (train_lm.py --snapshot_every) with the final codec and NAR: quality
     against the minutes of training that led to each (codec, decoder, tokens, aligner, NAR, and the AR so far)."""
     from data.plots import plot_curves
-    from train_lm import snapshots
+    from recipes.train_lm import snapshots
 
     p, records = ctx.paths, ctx.state["stages"]
     before = sum(records[name]["seconds"] for name in ("codec", "decoder", "tokens", "align"))

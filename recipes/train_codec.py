@@ -47,7 +47,7 @@ from data.manifest import Utterance, read_manifest
 from data.phonemes import Phonemizer
 from data.plots import spectrogram_image
 from data.segments import AudioSegments, PhonemizedUtterances, collate_phonemized
-from training import (
+from recipes.training import (
     CONFIG_DIR,
     checkpoint_dirs,
     load_config,

@@ -37,7 +37,7 @@ from lm.ar import ARConfig, ARModel
 from lm.nar import NARConfig, NARModel
 from lm.pretrained import PretrainedLM, text_vocab_identity
 from lm.reading import attention_stats, shuffle_text
-from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, resume_from_checkpoint, save_checkpoint, save_config
+from recipes.training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, resume_from_checkpoint, save_checkpoint, save_config
 
 STAGES = ("ar", "nar", "both")
 

@@ -253,11 +253,7 @@ def test_attention_stats_tell_a_diagonal_from_a_blur():
 
 
 def test_align_recipe_writes_every_shard_even_for_too_short_utterances(tmp_path, one_thread):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    import align
+    from recipes import align
 
     frontend = TextFrontend.build(["one two three", "four five"])
     identity = CodecIdentity(name="echo", config_hash="0" * 16, sample_rate=16000, frame_rate=50.0, n_q=K,

@@ -5,7 +5,6 @@ the round trip is exactly the resampling down and back); the real codec, when in
 (`apt-get install codec2`), must keep the length and most of the waveform's energy.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -76,9 +75,8 @@ def test_evaluate_codec2_scores_each_mode(pass_through_codec2):
 
 
 def test_the_recipe_prints_codec2_beside_the_codec(pass_through_codec2, tiny_codec_dir, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("evaluate_codec_codec2", ROOT / "recipes" / "evaluate_codec.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    from recipes import evaluate_codec as recipe
+
     write_audio(tmp_path / "wavs" / "one.wav", speech_like(1.0, 22050), 22050)
     out = recipe.main(["--codec", str(tiny_codec_dir), "--wav-dir", str(tmp_path / "wavs"), "--n-q", "1",
                        "--codec2", "1200", "--out", str(tmp_path / "eval")])

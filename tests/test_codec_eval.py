@@ -1,5 +1,4 @@
 import ast
-import importlib.util
 import json
 import logging
 import math
@@ -204,9 +203,8 @@ def test_evaluate_codec_rejects_bad_n_q(tiny_codec_dir):
 
 
 def test_recipe_writes_report_and_examples(tiny_codec_dir, wav_dir, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("evaluate_codec_recipe", ROOT / "recipes" / "evaluate_codec.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    from recipes import evaluate_codec as recipe
+
     corpus = tmp_path / "corpus"
     for path in wav_dir.rglob("*.wav"):
         (corpus / path.relative_to(wav_dir)).parent.mkdir(parents=True, exist_ok=True)
@@ -230,9 +228,8 @@ def test_recipe_writes_report_and_examples(tiny_codec_dir, wav_dir, tmp_path, ca
 def test_recipe_measures_word_errors_of_each_rendering(tiny_codec_dir, wav_dir, tmp_path, monkeypatch, capsys):
     from data.manifest import Utterance, write_manifest
 
-    spec = importlib.util.spec_from_file_location("evaluate_codec_asr", ROOT / "recipes" / "evaluate_codec.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    from recipes import evaluate_codec as recipe
+
     utterances = [Utterance(p.stem, str(p), "hello there world", p.parent.name, 1.0)
                   for p in sorted(wav_dir.rglob("*.wav"))]
     write_manifest(tmp_path / "test.jsonl", utterances)

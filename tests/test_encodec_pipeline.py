@@ -8,7 +8,6 @@ snapshot is laid out (no echo_codec.json); nothing is downloaded. It keeps the r
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +16,18 @@ import soundfile as sf
 import torch
 
 pytest.importorskip("transformers")
-from app import TTS  # noqa: E402
-from codec.encodec import EncodecCodec  # noqa: E402
-from data.prepare import write_corpus  # noqa: E402
-from data.synthetic import build_synthetic_corpus  # noqa: E402
-from data.tokens import TokenCorpus  # noqa: E402
-from lm.generation import length_limits  # noqa: E402
-from lm.sampling import SamplingConfig  # noqa: E402
-from test_encodec_backend import tiny_encodec  # noqa: E402
-from test_prompt import speech_like  # noqa: E402
+from app import TTS
+from codec.encodec import EncodecCodec
+from data.prepare import write_corpus
+from data.synthetic import build_synthetic_corpus
+from data.tokens import TokenCorpus
+from lm.generation import length_limits
+from lm.sampling import SamplingConfig
+from test_encodec_backend import tiny_encodec
+from test_prompt import speech_like
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import tokenize_corpus  # noqa: E402
-import train_lm  # noqa: E402
+from recipes import tokenize_corpus
+from recipes import train_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

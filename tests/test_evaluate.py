@@ -20,12 +20,9 @@ from lm.aligner import Aligner, AlignerConfig
 from lm.ar import ARConfig, ARModel
 from lm.sampling import DEFAULT_CFG_SCALE, guide
 from conftest import build_tiny_model
+from recipes import diagnose_ar, evaluate
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-sys.path.insert(0, str(RECIPES))
-
-import diagnose_ar  # noqa: E402
-import evaluate  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -237,7 +234,7 @@ def test_word_error_change_is_paired_over_shared_items(capsys):
 
 
 def test_compare_evaluations_recipe(tmp_path, capsys):
-    import compare_evaluations
+    from recipes import compare_evaluations
 
     def report(errors):
         return {"items": [{"id": f"u{i}", "renderings": {GROUND_TRUTH: {"word_errors": 2},

@@ -1,8 +1,6 @@
 """True phoneme timings: their file, matching Echo's tokens with eSpeak's phonemes, the boundary error, align.py."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,9 +22,7 @@ from data.phoneme_timings import (
 )
 from data.phonemes import is_phone_token
 from data.tokens import TokenCorpus, TokenShardWriter, write_durations
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import align  # noqa: E402
+from recipes import align
 
 RATE = 50.0  # frames a second
 # "Hello, world" as Echo's tokens, and the frames the aligner might give each of them

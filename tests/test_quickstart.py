@@ -6,15 +6,12 @@ one has its own tests (tests/test_evaluate.py) and loads its meters for tens of 
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import quickstart  # noqa: E402
+from recipes import quickstart
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -259,9 +258,8 @@ def test_bad_audio_and_text_are_skipped_and_counted(tmp_path, codec, frontend):
 
 
 def test_recipe_tokenizes_train_and_dev_into_one_directory(tmp_path, codec, capsys):
-    spec = importlib.util.spec_from_file_location("tokenize_corpus", ROOT / "recipes" / "tokenize_corpus.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    from recipes import tokenize_corpus as recipe
+
     main = recipe.main
     utterances = write_corpus(tmp_path / "corpus")
     write_manifest(tmp_path / "corpus" / "train.jsonl", utterances[:4])

@@ -12,12 +12,10 @@ import torch
 from codec.interface import load_codec
 from data.prepare import write_corpus
 from data.synthetic import build_synthetic_corpus
+from recipes.train_codec import TrainCodecConfig
+from recipes.training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, parse_overrides
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-sys.path.insert(0, str(RECIPES))
-
-from train_codec import TrainCodecConfig  # noqa: E402
-from training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, parse_overrides  # noqa: E402
 
 
 @pytest.fixture(scope="module")

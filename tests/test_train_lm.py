@@ -19,12 +19,10 @@ from data.tokenize import tokenize_corpus
 from data.tokens import TokenCorpus
 from lm.ar import ARModel
 from lm.nar import NARModel
+from recipes.train_lm import TrainLMConfig
+from recipes.training import CONFIG_DIR, checkpoint_dirs, load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-sys.path.insert(0, str(RECIPES))
-
-from train_lm import TrainLMConfig  # noqa: E402
-from training import CONFIG_DIR, checkpoint_dirs, load_config  # noqa: E402
 
 
 def tiny_codec(seed: int = 0, n_q: int = 3) -> EchoCodec:
@@ -104,7 +102,7 @@ def test_both_stages_are_killed_resume_and_export(workspace, tmp_path):
     assert f"resumed from step {last}" in output
 
     # Snapshots (learning curves): every 2 steps, with the training time counted across the kill.
-    from train_lm import snapshots
+    from recipes.train_lm import snapshots
 
     found = snapshots(run_dir, "ar+nar")
     steps = [info["step"] for _, info in found]

@@ -4,8 +4,6 @@ The AR model trains long enough (a few hundred steps on a dozen utterances) to l
 an utterance ends, so synthesis stops on its own EOS and speaks for a plausible time.
 """
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +16,7 @@ from data.synthetic import build_synthetic_corpus
 from data.tokenize import tokenize_corpus
 from lm.sampling import SamplingConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import train_lm  # noqa: E402
+from recipes import train_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
