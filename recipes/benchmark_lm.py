@@ -15,13 +15,14 @@ import argparse
 import resource
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import replace
 
 import torch
 
-from lm.ar import ARConfig, ARModel
-from lm.nar import NARConfig, NARModel
-from recipes.train_lm import ModelSettings, TrainLMConfig
+from lm.ar import ARModel
+from lm.nar import NARModel
+from lm.pretrained import LMConfig
+from recipes.train_lm import TrainLMConfig
 from recipes.training import CONFIG_DIR, load_config
 
 TEXT_VOCAB = 80
@@ -58,10 +59,10 @@ def time_steps(model: torch.nn.Module, inputs, steps: int, **kwargs) -> float:
     return min(times[1:]) if steps else times[0]
 
 
-def measure(name: str, settings: ModelSettings, kind: str, cfg: TrainLMConfig, steps: int) -> dict:
+def measure(name: str, settings: LMConfig, kind: str, cfg: TrainLMConfig, steps: int) -> dict:
     frame_rate, n_q, codebook_size = CODECS.get(name, CODECS["cpu"])
-    common = dict(text_vocab_size=TEXT_VOCAB, codebook_size=codebook_size, n_q=n_q, **asdict(settings))
-    model = ARModel(ARConfig(**common)) if kind == "ar" else NARModel(NARConfig(**common))
+    config = replace(settings, text_vocab_size=TEXT_VOCAB, codebook_size=codebook_size, n_q=n_q)
+    model = ARModel(config) if kind == "ar" else NARModel(config)
     inputs, alignment, frames = batch(frame_rate, n_q, codebook_size, cfg.max_frames, cfg.max_batch_size)
     options = {"stage": 2} if kind == "nar" else {"alignment": alignment} if model.config.duration_guided else {}
     before = peak_rss_gib()

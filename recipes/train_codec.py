@@ -16,9 +16,7 @@ at the end, the exported codec in `model/` (load it with `codec.load_codec`).
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,8 +24,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -47,16 +43,7 @@ from data.manifest import Utterance, read_manifest
 from data.phonemes import Phonemizer
 from data.plots import spectrogram_image
 from data.segments import AudioSegments, PhonemizedUtterances, collate_phonemized
-from recipes.training import (
-    CONFIG_DIR,
-    checkpoint_dirs,
-    load_config,
-    lr_at,
-    parse_overrides,
-    resume_from_checkpoint,
-    save_checkpoint,
-    save_config,
-)
+from recipes.training import CONFIG_DIR, Run, TrainingConfig, lr_at, set_lr, start_run
 
 
 @dataclass
@@ -70,45 +57,26 @@ class LossWeights:
 
 
 @dataclass
-class TrainCodecConfig:
+class TrainCodecConfig(TrainingConfig):
     model: CodecConfig = field(default_factory=CodecConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss_weights: LossWeights = field(default_factory=LossWeights)
     train_manifest: str = "runs/quickstart/corpus/train.jsonl"
     dev_manifest: str = "runs/quickstart/corpus/dev.jsonl"
-    run_dir: str = "runs/codec"
-    steps: int = 10000
     batch_size: int = 8
     segment_seconds: float = 1.0
-    lr: float = 3e-4
     discriminator_lr: float = 3e-4
     betas: tuple[float, ...] = (0.8, 0.99)
-    warmup_steps: int = 200
-    grad_clip: float = 10.0
-    gradient_accumulation_steps: int = 1
     gan: bool = True
     gan_start_step: int = 0  # generator-only warm-up before the discriminators join
-    bf16: bool = True  # on GPUs; CPUs train in float32
-    num_workers: int = 0
     cache_audio: bool = False
     phonetic_batch_size: int = 4  # whole utterances per step for the phonetic loss
     phonetic_max_seconds: float = 6.0  # longer utterances are left out of it
-    log_every: int = 10
-    val_every: int = 500
     val_items: int = 16
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    seed: int = 0
     decoder_only_from: str = ""  # a trained codec: train only its decoder; its encoder and quantizer stay frozen
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    parser.add_argument("--preset", default="cpu", help="tiny, cpu, base, or a path to a YAML file")
-    parser.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    return parser
+    run_dir: str = "runs/codec"
+    lr: float = 3e-4
+    grad_clip: float = 10.0
 
 
 def phonemized(utterances: list[Utterance], sample_rate: int, max_seconds: float, table: PhonemeTable | None = None,
@@ -154,42 +122,60 @@ def validate(codec: EchoCodec, dev: AudioSegments, items: int, probe: PhoneticPr
     return result
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(TrainCodecConfig, args.preset, overrides, preset_dir=CONFIG_DIR / "codec")
-    run_dir = Path(cfg.run_dir)
-    if checkpoint_dirs(run_dir) and not args.resume:
-        raise SystemExit(f"{run_dir} already has checkpoints: pass --resume to continue, or choose another --run_dir")
-
-    accelerator = Accelerator(
-        mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no",
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-    )
-    set_seed(cfg.seed)
-    decoder_only = bool(cfg.decoder_only_from)
-    if decoder_only and "model" in parse_overrides(overrides):
+def build_codec(run: Run) -> tuple[EchoCodec, bool]:
+    """A fresh codec of the config, or (decoder_only_from) a trained one whose decoder alone trains."""
+    cfg = run.config
+    if not cfg.decoder_only_from:
+        return EchoCodec(cfg.model), False
+    if "model" in run.overrides:
         raise SystemExit("--decoder_only_from keeps the trained codec's architecture: drop the --model.* overrides")
-    if decoder_only:
-        codec = EchoCodec.from_pretrained(cfg.decoder_only_from).train()
-        codec.encoder.requires_grad_(False)
-        codec.quantizer.requires_grad_(False)
-        cfg.model = codec.config  # the trained codec's architecture: model.* overrides cannot change it
-    else:
-        codec = EchoCodec(cfg.model)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    accelerator.init_trackers("codec")
+    codec = EchoCodec.from_pretrained(cfg.decoder_only_from).train()
+    codec.encoder.requires_grad_(False)
+    codec.quantizer.requires_grad_(False)
+    cfg.model = codec.config  # the trained codec's architecture, recorded in config.yaml
+    return codec, True
 
+
+def log_training(run: Run, step: int, losses: dict[str, torch.Tensor], loss: torch.Tensor, out, lr: float,
+                 grad_norm: float, audio_per_second: float, progress: tqdm) -> None:
+    q = out.quantizer
+    logs = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
+    logs.update({"train/loss": float(loss.detach()), "train/lr": lr, "train/grad_norm": grad_norm, "train/audio_seconds_per_second": audio_per_second})
+    logs.update({f"codebooks/perplexity_{k + 1}": float(p) for k, p in enumerate(q.perplexity)})
+    logs.update({f"codebooks/usage_{k + 1}": float(u) for k, u in enumerate(q.usage)})
+    run.accelerator.log(logs, step=step)
+    progress.set_postfix(mel=f"{losses['mel'].item():.3f}", ppl1=f"{q.perplexity[0].item():.0f}")
+
+
+def log_validation(run: Run, step: int, codec: EchoCodec, dev_set: AudioSegments, probe: PhoneticProbe | None,
+                   dev_phonemized: PhonemizedUtterances | None) -> None:
+    """Validate, and show it: TensorBoard scalars, audio and spectrograms, samples/*.wav, a line."""
+    cfg, sr = run.config, run.config.model.sample_rate
+    result = validate(codec, dev_set, cfg.val_items, probe, dev_phonemized)
+    run.accelerator.log({f"val/{k}": v for k, v in result.items() if k != "samples"}, step=step)
+    writer = run.accelerator.get_tracker("tensorboard", unwrap=True)
+    for name, sample in result["samples"]:
+        writer.add_audio(f"samples/{name}", sample.reshape(-1), step, sample_rate=sr)
+        writer.add_image(f"spectrograms/{name}", spectrogram_image(sample, sr), step, dataformats="HWC")
+        write_audio(run.directory / "samples" / f"step{step}_{name.replace('/', '_')}.wav", sample, sr)
+    tqdm.write(
+        f"step {step}: val mel distance {result[f'mel_distance_q{cfg.model.n_q}']:.3f} "
+        f"(codebook 1 only: {result['mel_distance_q1']:.3f})"
+        + (f"; phoneme error rate from codebook 1 {result['phoneme_error_rate_q1']:.1%}"
+           if "phoneme_error_rate_q1" in result else "")
+    )
+
+
+def main(argv: list[str] | None = None) -> Path:
+    run = start_run(TrainCodecConfig, argv, description=__doc__, preset_dir=CONFIG_DIR / "codec", tracker="codec")
+    cfg, accelerator = run.config, run.accelerator
+    codec, decoder_only = build_codec(run)
+    run.save_config()
     sr = cfg.model.sample_rate
     train_set = AudioSegments(read_manifest(cfg.train_manifest), sr, cfg.segment_seconds, cache=cfg.cache_audio)
     dev_set = AudioSegments(read_manifest(cfg.dev_manifest)[: cfg.val_items], sr, 2 * cfg.segment_seconds, random_crop=False)
-    loader = DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
-    )
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     if len(loader) == 0:
         raise SystemExit(f"{cfg.train_manifest} has {len(train_set)} utterances, fewer than one batch of {cfg.batch_size}")
 
@@ -210,33 +196,27 @@ def main(argv: list[str] | None = None) -> Path:
     if probe is not None:
         probe, phonetic_loader = accelerator.prepare(probe, phonetic_loader)
 
-    state = resume_from_checkpoint(accelerator, run_dir) if args.resume else None
+    state = run.restore()
     step = state["step"] if state else 0
-    if state:
-        accelerator.print(f"resumed from step {step}")
     n_params = sum(p.numel() for p in accelerator.unwrap_model(codec).parameters())
-    accelerator.print(
-        f"codec: {n_params / 1e6:.2f} M parameters, {cfg.model.frame_rate:g} Hz frames, "
-        f"{cfg.model.bitrate / 1000:g} kbps; {len(train_set)} training utterances"
-    )
+    accelerator.print(f"codec: {n_params / 1e6:.2f} M parameters, {cfg.model.frame_rate:g} Hz frames, "
+                      f"{cfg.model.bitrate / 1000:g} kbps; {len(train_set)} training utterances")
 
     w = cfg.loss_weights
+    quantizer = accelerator.unwrap_model(codec).quantizer
     batches = (batch for _ in itertools.count() for batch in loader)
     phonetic_batches = (batch for _ in itertools.count() for batch in phonetic_loader) if probe is not None else None
-    progress = tqdm(total=cfg.steps, initial=step, desc="codec", disable=not accelerator.is_main_process)
+    progress = tqdm(total=cfg.steps, initial=step, desc="codec", disable=not run.is_main)
     frames_seen, clock = 0, time.perf_counter()
     while step < cfg.steps:
         lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
-        lr_d = lr_at(step, cfg.discriminator_lr, cfg.warmup_steps, cfg.steps)
-        for group in opt_g.param_groups:
-            group["lr"] = lr
-        for group in opt_d.param_groups:
-            group["lr"] = lr_d
+        set_lr(opt_g, lr)
+        set_lr(opt_d, lr_at(step, cfg.discriminator_lr, cfg.warmup_steps, cfg.steps))
         use_gan = cfg.gan and step >= cfg.gan_start_step
         wav = next(batches)  # [B, 1, T]
 
         with accelerator.accumulate(codec, discriminator, *([probe] if probe is not None else [])):
-            with quantizer_frozen(accelerator.unwrap_model(codec).quantizer) if decoder_only else nullcontext():
+            with quantizer_frozen(quantizer) if decoder_only else nullcontext():
                 out = codec(wav)
             recon = out.wav.float()
             losses = {"mel": multiscale_mel_loss(recon, wav, sr), "waveform": waveform_l1_loss(recon, wav)}
@@ -244,7 +224,7 @@ def main(argv: list[str] | None = None) -> Path:
                 losses["commitment"] = out.commitment_loss
             if probe is not None:
                 utterances, frames, targets, target_lengths = next(phonetic_batches)
-                with quantizer_frozen(accelerator.unwrap_model(codec).quantizer):  # padded: leave its statistics
+                with quantizer_frozen(quantizer):  # padded utterances: leave its statistics alone
                     z_q = codec(utterances, n_q=1, decode=False).quantizer.z_q  # codebook 1, straight-through
                 losses["phonetic"] = probe(z_q, frames, targets, target_lengths)
             if use_gan:
@@ -261,7 +241,7 @@ def main(argv: list[str] | None = None) -> Path:
             opt_g.zero_grad(set_to_none=True)
             accelerator.backward(loss_g)
             if accelerator.sync_gradients:
-                grad_norm_g = accelerator.clip_grad_norm_(generator_parameters, cfg.grad_clip)
+                grad_norm_g = float(accelerator.clip_grad_norm_(generator_parameters, cfg.grad_clip))
             opt_g.step()
 
             if use_gan:
@@ -273,50 +253,28 @@ def main(argv: list[str] | None = None) -> Path:
                     accelerator.clip_grad_norm_(discriminator.parameters(), cfg.grad_clip)
                 opt_d.step()
                 losses["discriminator"] = loss_d
-
+        frames_seen += wav.shape[0] * wav.shape[-1] * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue
         step += 1
         progress.update(1)
-        frames_seen += wav.shape[0] * wav.shape[-1] * accelerator.num_processes
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            q = out.quantizer
-            logs = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
-            logs.update({"train/loss": float(loss_g.detach()), "train/lr": lr, "train/grad_norm": float(grad_norm_g)})
-            logs.update({f"codebooks/perplexity_{k + 1}": float(p) for k, p in enumerate(q.perplexity)})
-            logs.update({f"codebooks/usage_{k + 1}": float(u) for k, u in enumerate(q.usage)})
-            elapsed = time.perf_counter() - clock
-            logs["train/audio_seconds_per_second"] = frames_seen / sr / max(elapsed, 1e-9)
+        if cfg.due(step, cfg.log_every):
+            log_training(run, step, losses, loss_g, out, lr, grad_norm_g, frames_seen / sr / (time.perf_counter() - clock),
+                         progress)
             frames_seen, clock = 0, time.perf_counter()
-            accelerator.log(logs, step=step)
-            progress.set_postfix(mel=f"{losses['mel'].item():.3f}", ppl1=f"{q.perplexity[0].item():.0f}")
-
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            if accelerator.is_main_process:
-                result = validate(accelerator.unwrap_model(codec), dev_set, cfg.val_items,
-                                  accelerator.unwrap_model(probe) if probe is not None else None, dev_phonemized)
-                accelerator.log({f"val/{k}": v for k, v in result.items() if k != "samples"}, step=step)
-                writer = accelerator.get_tracker("tensorboard", unwrap=True)
-                for name, sample in result["samples"]:
-                    writer.add_audio(f"samples/{name}", sample.reshape(-1), step, sample_rate=sr)
-                    writer.add_image(f"spectrograms/{name}", spectrogram_image(sample, sr), step, dataformats="HWC")
-                    write_audio(run_dir / "samples" / f"step{step}_{name.replace('/', '_')}.wav", sample, sr)
-                tqdm.write(
-                    f"step {step}: val mel distance {result[f'mel_distance_q{cfg.model.n_q}']:.3f} "
-                    f"(codebook 1 only: {result['mel_distance_q1']:.3f})"
-                    + (f"; phoneme error rate from codebook 1 {result['phoneme_error_rate_q1']:.1%}"
-                       if "phoneme_error_rate_q1" in result else "")
-                )
+        if cfg.due(step, cfg.val_every):
+            if run.is_main:
+                log_validation(run, step, accelerator.unwrap_model(codec), dev_set,
+                               accelerator.unwrap_model(probe) if probe is not None else None, dev_phonemized)
             accelerator.wait_for_everyone()
-
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(accelerator, run_dir, step, {"config": str(run_dir / "config.yaml")}, keep=cfg.keep_checkpoints)
+        if cfg.due(step, cfg.checkpoint_every):
+            run.checkpoint(step)
 
     progress.close()
     accelerator.wait_for_everyone()
-    model_dir = run_dir / "model"
-    if accelerator.is_main_process:
+    model_dir = run.directory / "model"
+    if run.is_main:
         accelerator.unwrap_model(codec).save_pretrained(model_dir)
         accelerator.print(f"codec exported to {model_dir}")
     accelerator.end_training()

@@ -16,18 +16,17 @@ exported every N steps into snapshots/ (learning curves: recipes/quickstart.py's
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -35,100 +34,81 @@ from data.lm_data import FrameBudgetBatchSampler, LMBatch, LMDataset, PromptConf
 from data.tokens import TokenCorpus
 from lm.ar import ARConfig, ARModel
 from lm.nar import NARConfig, NARModel
-from lm.pretrained import PretrainedLM, text_vocab_identity
+from lm.losses import LMOutput
+from lm.pretrained import LMConfig, PretrainedLM, text_vocab_identity
 from lm.reading import attention_stats, shuffle_text
-from recipes.training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, resume_from_checkpoint, save_checkpoint, save_config
+from recipes.training import CONFIG_DIR, Run, TrainingConfig, lr_at, set_lr, start_run
 
 STAGES = ("ar", "nar", "both")
 
 
 @dataclass
-class ModelSettings:
-    """A model's settings beyond what the corpus fixes (vocabulary, codec): its size. The NAR's whole config."""
+class TrainLMConfig(TrainingConfig):
+    """The model sections are the models' own configs (lm/ar.py, lm/nar.py): their sizes and how
+    they read; the fields the tokens fix (`LMConfig.corpus_fields`) are filled in from the corpus."""
 
-    d_model: int = 1024
-    n_heads: int = 16
-    n_layers: int = 12
-    ffn_dim: int = 4096
-    ffn: str = "gelu"
-    dropout: float = 0.1
-
-
-@dataclass
-class ARSettings(ModelSettings):
-    """The AR's: its size, and how it reads its text (lm/ar.py's ARConfig)."""
-
-    duration_guided: bool = False  # read the aligned text token at each frame (recipes/align.py first)
-    text_window: int | None = None  # duration-guided: its frames see the text tokens within this many
-    text_dropout: float = 0.0  # share of items trained with the phonemes hidden (classifier-free guidance)
-
-
-@dataclass
-class TrainLMConfig:
-    ar: ARSettings = field(default_factory=ARSettings)
-    nar: ModelSettings = field(default_factory=ModelSettings)
+    ar: ARConfig = field(default_factory=ARConfig)
+    nar: NARConfig = field(default_factory=NARConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     tokens: str = "runs/quickstart/tokens"
     train_split: str = "train"
     dev_split: str = "dev"
     codec: str = ""  # codec directory to copy into the exported model (must match the tokens' codec)
     init_from: str = ""  # an exported model directory to fine-tune from
-    run_dir: str = "runs/lm"
     stage: str = "both"
-    steps: int = 100000
     max_frames: int = 8000  # per batch and process: items x (text + prompt + target positions)
     max_batch_size: int = 64
-    lr: float = 5e-4
     betas: tuple[float, ...] = (0.9, 0.95)
     weight_decay: float = 0.01
-    warmup_steps: int = 1000
-    grad_clip: float = 1.0
-    gradient_accumulation_steps: int = 1
-    bf16: bool = True  # on GPUs; CPUs train in float32
-    num_workers: int = 0
-    log_every: int = 10
-    val_every: int = 1000
     val_batches: int = 8
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
     snapshot_every: int = 0  # also export the models every this many steps and at the end (learning curves); 0: never
-    seed: int = 0
+    run_dir: str = "runs/lm"
+    steps: int = 100000
+    lr: float = 5e-4
+    warmup_steps: int = 1000
+    val_every: int = 1000
+    checkpoint_every: int = 1000
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    parser.add_argument("--preset", default="cpu", help="tiny, cpu, base, or a path to a YAML file")
-    parser.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    return parser
+def fitted_to(settings: LMConfig, corpus: TokenCorpus, section: str) -> LMConfig:
+    """`settings` with the fields the tokens fix (codec, text vocabulary) taken from the corpus.
+
+    A section may repeat them (a run's saved config does) but not contradict them.
+    """
+    codec = corpus.codec_identity
+    fixed = dict(text_vocab_size=len(corpus.vocab), text_pad_id=corpus.vocab.pad_id, codebook_size=codec.codebook_size,
+                 n_q=codec.n_q, codec=codec.to_dict(), text_vocab=text_vocab_identity(corpus.vocab.to_dict()))
+    default = type(settings)()
+    for key in LMConfig.corpus_fields:
+        given = getattr(settings, key)
+        if given != getattr(default, key) and given != fixed[key]:
+            raise SystemExit(f"{section}.{key} is {given!r} but the tokens in {corpus.directory} fix it to "
+                             f"{fixed[key]!r}: drop it from the config")
+    return dataclasses.replace(settings, **fixed)
 
 
 def build_models(cfg: TrainLMConfig, corpus: TokenCorpus, stages: list[str]) -> dict[str, PretrainedLM]:
-    """Fresh models sized by the config and shaped by the corpus, or the ones of `init_from`."""
-    codec, vocab = corpus.codec_identity, text_vocab_identity(corpus.vocab.to_dict())
+    """Fresh models of the config's sections fitted to the corpus, or the ones of `init_from`."""
     models: dict[str, PretrainedLM] = {}
     for stage in stages:
-        model_class, config_class = (ARModel, ARConfig) if stage == "ar" else (NARModel, NARConfig)
+        model_class = ARModel if stage == "ar" else NARModel
         if cfg.init_from:
-            source = Path(cfg.init_from) / stage
-            models[stage] = model_class.from_pretrained(source, expect_codec=codec, expect_text_vocab=vocab)
+            models[stage] = model_class.from_pretrained(
+                Path(cfg.init_from) / stage, expect_codec=corpus.codec_identity,
+                expect_text_vocab=text_vocab_identity(corpus.vocab.to_dict()))
             continue
         settings = getattr(cfg, stage)
         if getattr(settings, "duration_guided", False) and not corpus.has_durations:
             raise SystemExit(f"--ar.duration_guided needs durations in {corpus.directory}: "
                              f"run `python recipes/align.py --tokens {corpus.directory}` first")
-        models[stage] = model_class(config_class(
-            text_vocab_size=len(corpus.vocab), text_pad_id=corpus.vocab.pad_id,
-            codebook_size=codec.codebook_size, n_q=codec.n_q, codec=codec.to_dict(), text_vocab=vocab,
-            **asdict(settings),
-        ))  # fmt: skip
+        models[stage] = model_class(fitted_to(settings, corpus, stage))
     return models
 
 
@@ -246,159 +226,196 @@ def snapshots(run_dir: str | Path, stage: str) -> list[tuple[Path, dict]]:
     return [(path.parent, json.loads(path.read_text())) for path in found]
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(TrainLMConfig, args.preset, overrides, preset_dir=CONFIG_DIR / "lm")
-    stages = ["ar", "nar"] if cfg.stage == "both" else [cfg.stage]
-    run_dir = Path(cfg.run_dir)
-    checkpoints = f"checkpoints-{cfg.stage}"  # `--stage ar` then `--stage nar` can share a run directory
-    if checkpoint_dirs(run_dir, checkpoints) and not args.resume:
-        raise SystemExit(f"{run_dir / checkpoints} already has checkpoints: pass --resume to continue, or choose another --run_dir")
+class BatchStream:
+    """The training batches, epoch after epoch, from where the sampler stands (mid-epoch after a
+    resume). `state_dict` counts the batches handed to the loop, not those a worker fetched ahead."""
 
-    accelerator = Accelerator(
-        mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no",
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with="tensorboard",
-        # The NAR's per-codebook heads are not all used by every batch.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-    )
-    set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / f"config-{cfg.stage}.yaml")
-    accelerator.init_trackers(f"lm-{cfg.stage}")
+    def __init__(self, loader: DataLoader, sampler: FrameBudgetBatchSampler, dataset: LMDataset):
+        self.loader, self.sampler, self.dataset = loader, sampler, dataset
+        self.epoch, self.consumed = sampler.epoch, sampler.position
 
+    def __iter__(self):
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            self.dataset.set_epoch(self.epoch)
+            self.consumed = self.sampler.position
+            for batch in self.loader:
+                self.consumed += 1
+                yield batch
+            self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict(consumed=self.consumed)
+
+
+def load_data(cfg: TrainLMConfig, accelerator) -> tuple[TokenCorpus, BatchStream, DataLoader | None]:
+    """The training corpus, its batches for this process, and the dev batches (None without a dev split)."""
     train = TokenCorpus.open(cfg.tokens, splits=cfg.train_split)
-    n_q = train.n_q
-    if "nar" in stages and n_q < 2:
-        raise SystemExit(f"the corpus' codec has {n_q} codebook: there is nothing for the NAR to fill; use --stage ar")
     dataset = LMDataset(train, cfg.prompt, seed=cfg.seed)
     sampler = FrameBudgetBatchSampler(
         dataset.lengths(), cfg.max_frames, max_batch_size=cfg.max_batch_size, seed=cfg.seed,
         num_replicas=accelerator.num_processes, rank=accelerator.process_index,
     )  # fmt: skip
-    # The sampler gives each process its share already: the loader is not passed to accelerator.prepare.
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=cfg.num_workers)
     if len(sampler) == 0:
         raise SystemExit(f"{cfg.tokens} ({cfg.train_split}) gives no batch under max_frames={cfg.max_frames}")
+    # The sampler gives each process its share already: the loader is not passed to accelerator.prepare.
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=cfg.num_workers)
     dev_loader = None
     if cfg.dev_split in TokenCorpus.open(cfg.tokens).splits:
         dev = LMDataset(TokenCorpus.open(cfg.tokens, splits=cfg.dev_split), cfg.prompt, seed=cfg.seed + 1)
         dev_sampler = FrameBudgetBatchSampler(dev.lengths(), cfg.max_frames, max_batch_size=cfg.max_batch_size,
                                               shuffle=False, num_replicas=1, rank=0)
         dev_loader = DataLoader(dev, batch_sampler=dev_sampler, collate_fn=dev.collate)
+    return train, BatchStream(loader, sampler, dataset), dev_loader
 
-    models = build_models(cfg, train, stages)
+
+def build_optimizer(cfg: TrainLMConfig, models: dict[str, PretrainedLM]) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
     params = [p for model in models.values() for p in model.parameters()]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    return torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
         lr=cfg.lr, betas=cfg.betas,
     )  # fmt: skip
-    prepared = accelerator.prepare(*models.values(), optimizer)
-    wrapped = dict(zip(models, prepared[:-1]))
-    optimizer = prepared[-1]
 
-    state = resume_from_checkpoint(accelerator, run_dir, checkpoints) if args.resume else None
+
+def target_count(stage: str, batch: LMBatch) -> int:
+    """The target tokens a model's loss averages over: every frame, and for the AR each item's EOS."""
+    return int(batch.code_lengths.sum()) + (len(batch) if stage == "ar" else 0)
+
+
+def train_step(accelerator, models: dict[str, torch.nn.Module], micro_batches: list[LMBatch],
+               optimizer: torch.optim.Optimizer, n_q: int, generator: torch.Generator,
+               grad_clip: float) -> tuple[dict[str, LMOutput], float]:
+    """One optimizer step over `micro_batches` (gradient accumulation) -> the last one's outputs, the gradient norm.
+
+    Each micro-batch's loss weighs by its share of the step's target tokens over every process
+    (DDP averages gradients over processes), so the step is the one a single batch of all of them
+    would take; frame-budget batches differ in size, and a plain average of their losses would not be.
+    """
+    totals = torch.tensor([sum(target_count(s, b) for b in micro_batches) for s in models], dtype=torch.float32,
+                          device=accelerator.device)
+    totals = dict(zip(models, accelerator.reduce(totals, reduction="sum").tolist()))
+    for i, batch in enumerate(micro_batches):
+        with ExitStack() as stack:
+            if i < len(micro_batches) - 1:  # gradients are all-reduced once, after the last micro-batch
+                for model in models.values():
+                    stack.enter_context(accelerator.no_sync(model))
+            outputs = run_models(models, batch, n_q, generator)
+            loss = sum(out.loss * (target_count(s, batch) * accelerator.num_processes / totals[s])
+                       for s, out in outputs.items())
+            accelerator.backward(loss)
+    params = [p for model in models.values() for p in model.parameters()]
+    grad_norm = float(accelerator.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return outputs, grad_norm
+
+
+def log_validation(run: Run, models: dict[str, PretrainedLM], dev_loader: DataLoader, corpus: TokenCorpus,
+                   step: int) -> None:
+    """Validate, and show it: TensorBoard scalars and the attention plot, a line, validation-<stage>.json."""
+    cfg = run.config
+    result, attention = validate(models, dev_loader, cfg.val_batches, corpus.n_q, run.accelerator.device,
+                                 seed=cfg.seed)
+    run.accelerator.log({f"val/{k}": v for k, v in result.items()}, step=step)
+    if attention is not None:
+        from app.figures import attention_figure
+
+        weights, text_ids = attention
+        figure = attention_figure(weights.numpy(), corpus.vocab.decode(text_ids.tolist()), corpus.frame_rate,
+                                  title=f"dev item 1, step {step}")
+        run.accelerator.get_tracker("tensorboard").writer.add_figure("val/ar/attention", figure, step)
+    shown = ", ".join(f"{k.removesuffix('/top1').replace('/codebook_', ' q')} {v:.3f}"
+                      for k, v in result.items() if k.endswith("top1"))
+    reading = ", ".join(f"{k.removeprefix('ar/')} {v:.3f}" for k, v in result.items()
+                        if k == "ar/reading_gap" or k.startswith("ar/attention/"))
+    tqdm.write(f"step {step}: dev top-1 accuracy: {shown}" + (f"; {reading}" if reading else ""))
+    (run.directory / f"validation-{cfg.stage}.json").write_text(json.dumps({"step": step, **result}, indent=2))
+
+
+def train_logs(outputs: dict[str, LMOutput], lr: float, grad_norm: float, frames_per_second: float) -> dict[str, float]:
+    logs = {"train/lr": lr, "train/grad_norm": grad_norm, "train/frames_per_second": frames_per_second}
+    for stage, out in outputs.items():
+        logs.update({f"train/{stage}/loss": out.loss.item(), f"train/{stage}/top1": out.top1.item(),
+                     f"train/{stage}/top10": float(out.top10)})
+        if getattr(out, "advance_loss", None) is not None:
+            logs.update({f"train/{stage}/advance_loss": out.advance_loss.item(),
+                         f"train/{stage}/advance_accuracy": float(out.advance_accuracy)})
+    return logs
+
+
+def main(argv: list[str] | None = None) -> Path:
+    # DDP: the NAR's per-codebook heads are not all used by every batch. Accumulation is done
+    # here (train_step), weighted by tokens, not by Accelerate's equal-batch average.
+    run = start_run(TrainLMConfig, argv, description=__doc__, preset_dir=CONFIG_DIR / "lm", tracker=lambda c: f"lm-{c.stage}",
+                    # `--stage ar` then `--stage nar` can share a run directory
+                    checkpoints=lambda c: f"checkpoints-{c.stage}", accelerate_accumulation=False,
+                    kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    cfg, accelerator = run.config, run.accelerator
+    stages = ["ar", "nar"] if cfg.stage == "both" else [cfg.stage]
+    train, batches, dev_loader = load_data(cfg, accelerator)
+    if "nar" in stages and train.n_q < 2:
+        raise SystemExit(f"the corpus' codec has {train.n_q} codebook: there is nothing for the NAR to fill; use --stage ar")
+    models = build_models(cfg, train, stages)
+    for stage, model in models.items():
+        setattr(cfg, stage, model.config)  # the saved config says what was trained
+    run.save_config(f"config-{cfg.stage}.yaml")
+    optimizer = build_optimizer(cfg, models)
+    *prepared, optimizer = accelerator.prepare(*models.values(), optimizer)
+    wrapped = dict(zip(models, prepared))
+
+    state = run.restore()
     step = state["step"] if state else 0
     seconds_before = state.get("seconds", 0.0) if state else 0.0  # training wall time of the earlier runs
-    started = time.perf_counter()
     if state:
-        sampler.load_state_dict(state["sampler"])
-        accelerator.print(f"resumed from step {step} (epoch {sampler.epoch}, batch {sampler.position})")
+        batches.sampler.load_state_dict(state["sampler"])
+        batches.epoch = batches.sampler.epoch
     for stage, model in models.items():
         accelerator.print(f"{stage}: {model.num_parameters() / 1e6:.2f} M parameters")
     accelerator.print(
-        f"{len(train)} training utterances ({train.hours:.2f} h), {len(sampler)} batches an epoch per process, "
-        f"codec {n_q} x {train.codec_identity.codebook_size} at {train.frame_rate:g} Hz"
+        f"{len(train)} training utterances ({train.hours:.2f} h), {len(batches.sampler)} batches an epoch per process, "
+        f"codec {train.n_q} x {train.codec_identity.codebook_size} at {train.frame_rate:g} Hz"
     )
 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index + step)
-    progress = tqdm(total=cfg.steps, initial=step, desc=f"lm {cfg.stage}", disable=not accelerator.is_main_process)
-    frames_seen, clock = 0, time.perf_counter()
-    epoch = sampler.epoch
+    progress = tqdm(total=cfg.steps, initial=step, desc=f"lm {cfg.stage}", disable=not run.is_main)
+    started = clock = time.perf_counter()
+    frames_seen = 0
+    stream = iter(batches)
     while step < cfg.steps:
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        consumed = sampler.position
-        for batch in loader:
-            consumed += 1
-            batch = batch.to(accelerator.device)
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with accelerator.accumulate(*wrapped.values()):
-                outputs = run_models(wrapped, batch, n_q, generator)
-                loss = sum(out.loss for out in outputs.values())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            frames_seen += int(batch.code_lengths.sum()) * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            progress.update(1)
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+        set_lr(optimizer, lr)
+        micro_batches = [next(stream).to(accelerator.device) for _ in range(cfg.gradient_accumulation_steps)]
+        outputs, grad_norm = train_step(accelerator, wrapped, micro_batches, optimizer, train.n_q, generator,
+                                        cfg.grad_clip)
+        frames_seen += sum(int(b.code_lengths.sum()) for b in micro_batches) * accelerator.num_processes
+        step += 1
+        progress.update(1)
 
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = time.perf_counter() - clock
-                logs = {"train/lr": lr, "train/grad_norm": float(grad_norm), "train/frames_per_second": frames_seen / elapsed}
-                for stage, out in outputs.items():
-                    logs.update({f"train/{stage}/loss": out.loss.item(), f"train/{stage}/top1": out.top1.item(),
-                                 f"train/{stage}/top10": float(out.top10)})
-                    if getattr(out, "advance_loss", None) is not None:
-                        logs.update({f"train/{stage}/advance_loss": out.advance_loss.item(),
-                                     f"train/{stage}/advance_accuracy": float(out.advance_accuracy)})
-                accelerator.log(logs, step=step)
-                progress.set_postfix({f"{s}_loss": f"{o.loss.item():.3f}" for s, o in outputs.items()}
-                                     | {"frames/s": f"{frames_seen / elapsed:.0f}"})
-                frames_seen, clock = 0, time.perf_counter()
-
-            if dev_loader is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                if accelerator.is_main_process:
-                    unwrapped = {s: accelerator.unwrap_model(m) for s, m in wrapped.items()}
-                    result, attention = validate(unwrapped, dev_loader, cfg.val_batches, n_q, accelerator.device,
-                                                 seed=cfg.seed)
-                    accelerator.log({f"val/{k}": v for k, v in result.items()}, step=step)
-                    if attention is not None:
-                        from app.figures import attention_figure
-
-                        weights, text_ids = attention
-                        figure = attention_figure(weights.numpy(), train.vocab.decode(text_ids.tolist()),
-                                                  train.frame_rate, title=f"dev item 1, step {step}")
-                        accelerator.get_tracker("tensorboard").writer.add_figure("val/ar/attention", figure, step)
-                    shown = ", ".join(f"{k.removesuffix('/top1').replace('/codebook_', ' q')} {v:.3f}" for k, v in result.items() if k.endswith("top1"))
-                    reading = ", ".join(f"{k.removeprefix('ar/')} {v:.3f}" for k, v in result.items()
-                                        if k == "ar/reading_gap" or k.startswith("ar/attention/"))
-                    tqdm.write(f"step {step}: dev top-1 accuracy: {shown}" + (f"; {reading}" if reading else ""))
-                    (run_dir / f"validation-{cfg.stage}.json").write_text(json.dumps({"step": step, **result}, indent=2))
-                accelerator.wait_for_everyone()
-
-            seconds = seconds_before + time.perf_counter() - started
-            if cfg.snapshot_every and (step % cfg.snapshot_every == 0 or step == cfg.steps):
-                if accelerator.is_main_process:
-                    save_snapshot({s: accelerator.unwrap_model(m) for s, m in wrapped.items()}, run_dir, step, seconds)
-                accelerator.wait_for_everyone()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(
-                    accelerator, run_dir, step, {"sampler": sampler.state_dict(consumed=consumed), "seconds": seconds},
-                    keep=cfg.keep_checkpoints, folder=checkpoints,
-                )  # fmt: skip
-            if step >= cfg.steps:
-                break
-        else:
-            epoch += 1
-            continue
-        break
+        if cfg.due(step, cfg.log_every):
+            elapsed = time.perf_counter() - clock
+            accelerator.log(train_logs(outputs, lr, grad_norm, frames_seen / elapsed), step=step)
+            progress.set_postfix({f"{s}_loss": f"{o.loss.item():.3f}" for s, o in outputs.items()}
+                                 | {"frames/s": f"{frames_seen / elapsed:.0f}"})
+            frames_seen, clock = 0, time.perf_counter()
+        if dev_loader is not None and cfg.due(step, cfg.val_every):
+            if run.is_main:
+                log_validation(run, {s: accelerator.unwrap_model(m) for s, m in wrapped.items()}, dev_loader, train, step)
+            accelerator.wait_for_everyone()
+        seconds = seconds_before + time.perf_counter() - started
+        if cfg.snapshot_every and cfg.due(step, cfg.snapshot_every):
+            if run.is_main:
+                save_snapshot({s: accelerator.unwrap_model(m) for s, m in wrapped.items()}, run.directory, step, seconds)
+            accelerator.wait_for_everyone()
+        if cfg.due(step, cfg.checkpoint_every):
+            run.checkpoint(step, {"sampler": batches.state_dict(), "seconds": seconds})
 
     progress.close()
     accelerator.wait_for_everyone()
-    model_dir = run_dir / "model"
-    if accelerator.is_main_process:
-        model_dir = export(cfg, {s: accelerator.unwrap_model(m) for s, m in wrapped.items()}, train, run_dir)
+    model_dir = run.directory / "model"
+    if run.is_main:
+        export(cfg, {s: accelerator.unwrap_model(m) for s, m in wrapped.items()}, train, run.directory)
         accelerator.print(f"model exported to {model_dir}")
     accelerator.end_training()
     return model_dir

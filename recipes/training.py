@@ -1,4 +1,5 @@
-"""Plain functions the training recipes share: presets with typed overrides, LR schedule, checkpoints.
+"""What the training recipes share: the run (config, Accelerator, checkpoints), presets with
+typed overrides, and the LR schedule. Each recipe keeps its own training loop in view.
 
 A run directory holds:
 
@@ -10,15 +11,18 @@ A run directory holds:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
 import shutil
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
+import torch
 import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -151,6 +155,123 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+# ---------------------------------------------------------------- runs
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """The settings every training recipe has; each recipe's config adds its own and its defaults."""
+
+    run_dir: str = "runs/train"
+    steps: int = 10000
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    gradient_accumulation_steps: int = 1  # batches per optimizer step
+    precision: str = "auto"  # auto: bf16 autocast on GPUs, float32 on CPUs (bf16 there is slow); bf16; fp32
+    num_workers: int = 0
+    log_every: int = 10
+    val_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("steps", "gradient_accumulation_steps", "log_every", "val_every", "checkpoint_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def due(self, step: int, every: int) -> bool:
+        """Whether periodic work (logging, validation, a checkpoint) is due after `step`: every
+        `every` steps, and always after the last."""
+        return step % every == 0 or step == self.steps
+
+    @property
+    def mixed_precision(self) -> str:
+        """Accelerate's name for the precision this run trains in."""
+        if self.precision == "auto":
+            return "bf16" if torch.cuda.is_available() else "no"
+        return "no" if self.precision == "fp32" else "bf16"
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run: its config, directory, Accelerator and checkpoint folder."""
+
+    config: Any  # a TrainingConfig
+    directory: Path
+    accelerator: Any  # accelerate.Accelerator
+    resume: bool
+    checkpoints: str = "checkpoints"
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # the ones given on the command line
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def save_config(self, name: str = "config.yaml") -> None:
+        if self.is_main:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.directory / name)
+
+    def restore(self) -> dict[str, Any] | None:
+        """With --resume, load the newest checkpoint into the prepared objects and return its state."""
+        state = resume_from_checkpoint(self.accelerator, self.directory, self.checkpoints) if self.resume else None
+        if state:
+            self.accelerator.print(f"resumed from step {state['step']}")
+        return state
+
+    def checkpoint(self, step: int, state: dict[str, Any] | None = None) -> Path:
+        return save_checkpoint(self.accelerator, self.directory, step, state or {},
+                               keep=self.config.keep_checkpoints, folder=self.checkpoints)
+
+
+def start_run(config_type: type[C], argv: list[str] | None, *, description: str, preset_dir: Path,
+              tracker: str | Callable[[C], str], checkpoints: str | Callable[[C], str] = "checkpoints",
+              accelerate_accumulation: bool = True, **accelerator_kwargs: Any) -> Run:
+    """Parse `--preset NAME --resume --key value ...`, build the config, refuse to overwrite a run's
+    checkpoints without --resume, and start Accelerate (precision, TensorBoard under logs/, seed).
+
+    `tracker` (the TensorBoard run name) and `checkpoints` (the folder) may depend on the config.
+    With `accelerate_accumulation=False` the recipe accumulates gradients itself and the
+    Accelerator is built for one batch per step.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--preset", default="cpu", help="tiny, cpu, base, or a path to a YAML file")
+    parser.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    config = load_config(config_type, args.preset, overrides, preset_dir=preset_dir)
+    directory = Path(config.run_dir)
+    checkpoints = checkpoints(config) if callable(checkpoints) else checkpoints
+    if checkpoint_dirs(directory, checkpoints) and not args.resume:
+        raise SystemExit(f"{directory / checkpoints} already has checkpoints: pass --resume to continue, "
+                         f"or choose another --run_dir")
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps if accelerate_accumulation else 1,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(directory), logging_dir=str(directory / "logs")),
+        **accelerator_kwargs,
+    )
+    set_seed(config.seed)
+    accelerator.init_trackers(tracker(config) if callable(tracker) else tracker)
+    return Run(config, directory, accelerator, args.resume, checkpoints, parse_overrides(overrides))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 # ---------------------------------------------------------------- schedule
