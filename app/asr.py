@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from data.audio import resample
+from data.pretrained import resolve_pretrained
 
 MAX_NEW_TOKENS = 128  # a prompt or a chunk is at most ~15 s: far fewer tokens than this
+# What a hub snapshot needs: the configs, the tokenizer (vocab.json, merges.txt, ...), the safetensors weights.
+WHISPER_FILES = ("*.json", "*.txt", "*.safetensors")
 
 
 class WhisperASR:
@@ -32,15 +35,13 @@ class WhisperASR:
     def from_pretrained(cls, path_or_hub_id: str | Path, device: str | torch.device = "cpu") -> "WhisperASR":
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        path = Path(path_or_hub_id)
-        text = str(path_or_hub_id)
-        if not path.is_dir() and (path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1):
-            raise FileNotFoundError(f"ASR model {text} is neither a directory nor a hub id such as openai/whisper-base")
+        directory = resolve_pretrained(path_or_hub_id, WHISPER_FILES, what="Whisper model",
+                                       hint="give a directory or a hub id such as openai/whisper-base")
         try:
-            processor = WhisperProcessor.from_pretrained(text)
-            model = WhisperForConditionalGeneration.from_pretrained(text)
+            processor = WhisperProcessor.from_pretrained(str(directory))
+            model = WhisperForConditionalGeneration.from_pretrained(str(directory))
         except OSError as error:
-            raise FileNotFoundError(f"cannot load a Whisper model from {text}: {error}") from None
+            raise FileNotFoundError(f"cannot load a Whisper model from {path_or_hub_id}: {error}") from None
         return cls(model, processor, device)
 
     @property

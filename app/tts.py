@@ -49,10 +49,12 @@ from app.prompt import prepare_prompt
 from app.scoring import Candidate, Scorer, asr_scorer, logprob_scorer, pick_best, scorers_by_name
 from app.streaming import EdgeTrimmer, block_bounds
 from app.voice import Voice, VoiceError, load_voice
-from codec.interface import Codec, load_codec
-from data.frontend import TextFrontend
+from codec.interface import Codec
+from codec.loading import load_codec
+from data.frontend import VOCAB_FILE, TextFrontend
 from data.lm_data import join_prompt_transcript, prompt_boundary
 from data.normalize import EmptyTextError
+from data.pretrained import CONFIG_FILE, WEIGHTS_FILE, resolve_pretrained
 from lm.ar import ARModel
 from lm.generation import ARResult, generate_ar, generate_nar, iter_ar, length_limits
 from lm.nar import NARModel
@@ -68,7 +70,8 @@ FIRST_BLOCK_SECONDS = 0.2
 BLOCK_SECONDS = 1.0
 CONTEXT_SECONDS = 1.0
 LOOKAHEAD_SECONDS = 0.3
-MODEL_PARTS = {"codec": "config.json", "ar": "model.safetensors", "nar": "model.safetensors", "text": "text_vocab.json"}
+# The parts of an exported model, and a file each must hold.
+MODEL_PARTS = {"codec": CONFIG_FILE, "ar": WEIGHTS_FILE, "nar": WEIGHTS_FILE, "text": VOCAB_FILE}
 
 
 @dataclass
@@ -116,19 +119,18 @@ class TTS:
         self._named_scorers: dict[tuple[str, str], list[Scorer]] = {}  # "asr,speaker" -> loaded once
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu", *,
+    def from_pretrained(cls, path_or_hub_id: str | Path, device: str | torch.device = "cpu", *,
                         codec: str | Path | None = None, asr: Any = None) -> "TTS":
-        """Load `model_dir` (codec/, ar/, nar/, text/ as recipes/train_lm.py exports it).
+        """Load a model directory (codec/, ar/, nar/, text/ as recipes/train_lm.py exports it) or a hub id.
 
         codec: another codec directory or hub id (e.g. facebook/encodec_24khz) instead of
-            model_dir/codec; it must be the one the models were trained on.
+            the model's codec/; it must be the one the models were trained on.
         asr: a Whisper directory or hub id (or a loaded app.asr.WhisperASR): it transcribes
             prompts given without prompt_text, and scores best-of-N candidates.
         """
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f"model directory {model_dir} does not exist; recipes/train_lm.py exports one "
-                                    "into <run_dir>/model (pass --codec CODEC_DIR to include the codec)")
+        model_dir = resolve_pretrained(path_or_hub_id, [f"{part}/*" for part in MODEL_PARTS], what="model",
+                                       hint="recipes/train_lm.py exports one into <run_dir>/model (pass --codec "
+                                            "CODEC_DIR to include the codec)")
         missing = [f"{part}/{name}" for part, name in MODEL_PARTS.items()
                    if not (part == "codec" and codec is not None) and not (model_dir / part / name).is_file()]
         if missing:

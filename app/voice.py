@@ -14,7 +14,6 @@ text vocabulary the ids come from, the source file and the prompt's duration. No
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from codec.interface import CodecIdentity
+from data.pretrained import write_file
 
 FILE_FORMAT = "echo-voice"
 FORMAT_VERSION = 1
@@ -84,8 +84,6 @@ class Voice:
 
 def save_voice(voice: Voice, path: str | Path) -> Path:
     """Write `voice` to `path` (safetensors + JSON header; atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"codes": voice.codes.contiguous()}
     if voice.prompt_ids is not None:
         tensors["prompt_ids"] = torch.tensor(voice.prompt_ids, dtype=torch.int32)
@@ -98,11 +96,9 @@ def save_voice(voice: Voice, path: str | Path) -> Path:
         "duration": round(voice.duration, 3),
         "metadata": voice.metadata,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": FILE_FORMAT, "format_version": str(FORMAT_VERSION),
-                                           "voice": json.dumps(header, ensure_ascii=False)})
-    os.replace(tmp, path)
-    return path
+    metadata = {"format": FILE_FORMAT, "format_version": str(FORMAT_VERSION),
+                "voice": json.dumps(header, ensure_ascii=False)}
+    return write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_voice(path: str | Path, expect_codec: CodecIdentity | None = None) -> Voice:

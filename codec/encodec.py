@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from codec.interface import Codec, CodecIdentity, config_hash
+from data.pretrained import (CONFIG_FILE, WEIGHTS_FILE, read_config_dict, resolve_pretrained, write_directory,
+                             write_json)
 
 try:
     from transformers import EncodecConfig, EncodecModel
@@ -27,6 +29,7 @@ except ImportError as err:  # transformers is only needed for this backend
     raise ImportError("the EnCodec backend needs transformers: pip install 'transformers>=4.56'") from err
 
 ECHO_CODEC_FILE = "echo_codec.json"
+ENCODEC_FILES = (CONFIG_FILE, WEIGHTS_FILE, ECHO_CODEC_FILE)  # what a hub snapshot needs
 DEFAULT_MAX_BANDWIDTH = 6.0  # kbps; VALL-E's setting, 8 codebooks at 24 kHz
 
 # The EncodecConfig fields that shape the token space and the decoder. A list of what to
@@ -85,43 +88,31 @@ class EncodecCodec(Codec):
 
         Without `bandwidth` and `n_q`, a directory's recorded bandwidth is used, else the largest ≤ 6 kbps.
         """
-        source = str(path_or_hub_id)
-        path = Path(path_or_hub_id).expanduser()
-        is_dir = path.is_dir()
-        if not is_dir and (path.exists() or source.startswith((".", "/", "~"))):
-            raise FileNotFoundError(f"EnCodec directory {path} does not exist")
-        if is_dir:
-            source = str(path)
-            if bandwidth is None and n_q is None:
-                bandwidth = read_recorded_bandwidth(path)
-
+        directory = resolve_pretrained(path_or_hub_id, ENCODEC_FILES, what="EnCodec")
+        model_type = read_config_dict(directory, what="EnCodec").get("model_type")
+        if model_type != "encodec":
+            raise ValueError(f"{directory / CONFIG_FILE} describes a {model_type!r} model; "
+                             f"{cls.__name__} loads 'encodec' models")
+        if bandwidth is None and n_q is None:
+            bandwidth = read_recorded_bandwidth(directory)
         try:
-            config = EncodecConfig.from_pretrained(source)
+            config = EncodecConfig.from_pretrained(str(directory))
             check_supported(config)  # before the weights are read
-            model = EncodecModel.from_pretrained(source, config=config, **({"dtype": dtype} if dtype else {}))
+            model = EncodecModel.from_pretrained(str(directory), config=config, **({"dtype": dtype} if dtype else {}))
         except OSError as err:
-            if is_dir:
-                raise OSError(f"{path} is not an EnCodec directory written by save_pretrained: {err}") from err
-            reason = " ".join(str(err).split())
-            raise OSError(
-                f"could not load EnCodec {source!r}: it is not a local directory, and the Hugging Face Hub "
-                f"could not provide it ({reason}). Offline (no internet, or HF_HUB_OFFLINE=1) only models "
-                f"already in the Hugging Face cache load by hub id; otherwise pass a local directory saved "
-                f"with save_pretrained, made once on a machine with internet by "
-                f"`EncodecCodec.from_pretrained({source!r}).save_pretrained(DIR)`."
-            ) from err
+            raise OSError(f"{directory} is not an EnCodec directory written by save_pretrained: {err}") from err
         if device is not None:
             model = model.to(device)
         return cls(model, bandwidth=bandwidth, n_q=n_q)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write transformers' config.json + model.safetensors and echo_codec.json (the bandwidth)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)  # safetensors: transformers' default (its only format from 5)
-        record = {"bandwidth": self.bandwidth, "n_q": self.n_q}
-        (directory / ECHO_CODEC_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        return directory
+
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(tmp)  # safetensors: transformers' default (its only format from 5)
+            write_json(tmp / ECHO_CODEC_FILE, {"bandwidth": self.bandwidth, "n_q": self.n_q})
+
+        return write_directory(directory, write)
 
     # ------------------------------------------------------------------ what it is
 

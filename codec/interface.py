@@ -1,9 +1,9 @@
-"""What every codec offers the rest of Echo, and how a codec directory or hub id is loaded.
+"""What every codec offers the rest of Echo.
 
 Two implementations sit behind this interface: Echo's own RVQ codec (`codec.model.EchoCodec`)
-and pretrained EnCodec through transformers (`codec.encodec.EncodecCodec`). The LM never
-knows which one made its tokens; it stores the codec's `identity` and refuses tokens from
-another codec.
+and pretrained EnCodec through transformers (`codec.encodec.EncodecCodec`); `codec.loading.load_codec`
+picks one by a directory's model_type. The LM never knows which one made its tokens; it stores
+the codec's `identity` and refuses tokens from another codec.
 """
 
 from __future__ import annotations
@@ -107,7 +107,6 @@ class Codec(nn.Module):
                 f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]"
             )
 
-
     def check_probabilities(self, probabilities: torch.Tensor) -> None:
         if probabilities.dim() != 4 or probabilities.shape[-1] != self.codebook_size:
             raise ValueError(f"codec.decode_expected expects probabilities [B, K, F, {self.codebook_size}], "
@@ -118,26 +117,3 @@ class Codec(nn.Module):
         if not probabilities.is_floating_point():
             raise TypeError(f"codec.decode_expected expects float probabilities, got {probabilities.dtype}")
 
-
-def load_codec(path_or_hub_id: str | Path, **kwargs: Any) -> Codec:
-    """Load Echo's codec or EnCodec from a directory (by its config.json) or a hub id (EnCodec)."""
-    path = Path(path_or_hub_id)
-    if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{path} has no config.json; is it a codec directory written by save_pretrained?")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type == "echo_codec":
-            from codec.model import EchoCodec
-
-            return EchoCodec.from_pretrained(path, **kwargs)
-        if model_type == "encodec":
-            from codec.encodec import EncodecCodec
-
-            return EncodecCodec.from_pretrained(path, **kwargs)
-        raise ValueError(f"{config_file} describes a {model_type!r} model; expected an Echo codec or EnCodec")
-    if path.exists() or str(path_or_hub_id).startswith((".", "/")):
-        raise FileNotFoundError(f"codec directory {path} does not exist")
-    from codec.encodec import EncodecCodec  # a hub id such as facebook/encodec_24khz
-
-    return EncodecCodec.from_pretrained(str(path_or_hub_id), **kwargs)

@@ -13,19 +13,18 @@ A directory written by `save_pretrained` holds `config.json` and `model.safetens
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from codec.interface import Codec, CodecIdentity, config_hash
 from codec.istft import ISTFTDecoder, STFTEncoder
 from codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
 from codec.seanet import Decoder, Encoder
+from data.pretrained import config_from_dict, load_weights, read_config, resolve_pretrained, save_model
 
 # What `to_dict` leaves out for each architecture: the other body's fields. A SEANet config (the
 # default) leaves out `architecture` too, so it writes exactly what it wrote before the istft
@@ -128,13 +127,7 @@ class CodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(d) - known - {"model_type"}
-        if unknown:
-            raise ValueError(f"unknown codec config field(s) {sorted(unknown)}; known: {sorted(known)}")
-        if d.get("model_type", "echo_codec") != "echo_codec":
-            raise ValueError(f"config describes a {d['model_type']!r} model, not an Echo codec")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d)
 
 
 @dataclass
@@ -227,22 +220,10 @@ class EchoCodec(Codec):
         return self.decoder(self.quantizer.decode_expected(probabilities))
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        tmp.replace(directory / "model.safetensors")
-        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return directory
+        return save_model(directory, self.config.to_dict(), self)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "EchoCodec":
-        directory = Path(directory)
-        for name in ("config.json", "model.safetensors"):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} is missing; a codec directory is written by save_pretrained")
-        config = CodecConfig.from_dict(json.loads((directory / "config.json").read_text()))
-        model = cls(config)
-        model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
-        return model.to(device).eval()
+    def from_pretrained(cls, path_or_hub_id: str | Path, device: str | torch.device = "cpu") -> "EchoCodec":
+        """Load a directory written by `save_pretrained` (or a hub id), in eval mode."""
+        directory = resolve_pretrained(path_or_hub_id, what="codec")
+        return load_weights(cls(read_config(directory, CodecConfig, loader=cls.__name__)), directory, device)

@@ -31,6 +31,7 @@ import sentencepiece as spm
 
 from data.normalize import normalize_text
 from data.phonemes import Phonemizer, check_language
+from data.pretrained import resolve_pretrained, write_directory
 from data.vocab import Vocabulary
 
 VOCAB_FILE = "text_vocab.json"
@@ -208,18 +209,18 @@ class TextFrontend:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write text_vocab.json (and text_bpe.model for a bpe front-end) into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if self._bpe_model is not None:
-            tmp = directory / (BPE_MODEL_FILE + ".tmp")
-            tmp.write_bytes(self._bpe_model)
-            os.replace(tmp, directory / BPE_MODEL_FILE)
-        self.vocab.save(directory / VOCAB_FILE)
-        return directory
+
+        def write(tmp: Path) -> None:
+            if self._bpe_model is not None:
+                (tmp / BPE_MODEL_FILE).write_bytes(self._bpe_model)
+            self.vocab.save(tmp / VOCAB_FILE)
+
+        return write_directory(directory, write, marker=VOCAB_FILE)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, phonemizer: Phonemizer | None = None) -> TextFrontend:
-        directory = Path(directory)
+    def from_pretrained(cls, path_or_hub_id: str | Path, phonemizer: Phonemizer | None = None) -> TextFrontend:
+        """Load a directory written by `save_pretrained` (or a hub id)."""
+        directory = resolve_pretrained(path_or_hub_id, (VOCAB_FILE, BPE_MODEL_FILE), what="text front-end")
         vocab_path = directory / VOCAB_FILE
         if not vocab_path.is_file():
             raise FileNotFoundError(f"no text front-end in {directory}: {VOCAB_FILE} is missing")

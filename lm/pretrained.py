@@ -9,20 +9,16 @@ refuses a model trained with another codec or vocabulary.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from codec.interface import CodecIdentity, config_hash
+from data.pretrained import config_from_dict, load_weights, read_config, resolve_pretrained, save_model
 from lm.transformer import FFN_KINDS
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 
 
 def text_vocab_identity(vocab: dict[str, Any]) -> str:
@@ -34,10 +30,12 @@ def text_vocab_identity(vocab: dict[str, Any]) -> str:
 class LMConfig:
     """Fields common to `ARConfig` (lm/ar.py) and `NARConfig` (lm/nar.py).
 
-    Sizes default to the VALL-E paper's (12 layers, 16 heads, width 1024, FFN 4096).
+    Sizes default to the VALL-E paper's (12 layers, 16 heads, width 1024, FFN 4096). The
+    `corpus_fields` come from the tokens a model is trained on (their codec and text vocabulary):
+    recipes/train_lm.py sets them, the rest is the model's to choose.
     """
 
-    text_vocab_size: int  # phoneme ids lie in [0, text_vocab_size)
+    text_vocab_size: int = 256  # phoneme ids lie in [0, text_vocab_size)
     text_pad_id: int = 0
     codebook_size: int = 1024  # C: codes lie in [0, C)
     n_q: int = 8  # K: codebooks of the codec
@@ -51,6 +49,8 @@ class LMConfig:
     text_vocab: str | None = None  # text_vocab_identity(...) of the phoneme vocabulary
 
     model_type: ClassVar[str] = "echo_lm"
+    corpus_fields: ClassVar[tuple[str, ...]] = ("text_vocab_size", "text_pad_id", "codebook_size", "n_q", "codec",
+                                                "text_vocab")
 
     def __post_init__(self) -> None:
         for name in ("text_vocab_size", "text_pad_id", "codebook_size", "n_q", "d_model", "n_heads",
@@ -100,13 +100,7 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LMConfig":
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(d) - known - {"model_type"}
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; known: {sorted(known)}")
-        if d.get("model_type", cls.model_type) != cls.model_type:
-            raise ValueError(f"config describes a {d['model_type']!r} model, not {cls.model_type!r}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d)
 
 
 Model = TypeVar("Model", bound="PretrainedLM")
@@ -127,14 +121,7 @@ class PretrainedLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "model_type": self.config.model_type})
-        tmp.replace(directory / WEIGHTS)
-        (directory / CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return directory
+        return save_model(directory, self.config.to_dict(), self)
 
     @classmethod
     def from_pretrained(cls: type[Model], path_or_hub_id: str | Path, expect_codec: CodecIdentity | None = None,
@@ -144,17 +131,8 @@ class PretrainedLM(nn.Module):
         `expect_codec` / `expect_text_vocab`: raise ValueError unless the model was trained on
         tokens of this codec / with this text vocabulary.
         """
-        directory = _resolve(path_or_hub_id)
-        for name in (CONFIG, WEIGHTS):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} is missing; a model directory is written by save_pretrained")
-        d = json.loads((directory / CONFIG).read_text())
-        if d.get("model_type") != cls.config_class.model_type:
-            raise ValueError(
-                f"{directory / CONFIG} describes a {d.get('model_type')!r} model; "
-                f"{cls.__name__} loads {cls.config_class.model_type!r} models"
-            )
-        config = cls.config_class.from_dict(d)
+        directory = resolve_pretrained(path_or_hub_id)
+        config = read_config(directory, cls.config_class, loader=cls.__name__)
         if expect_codec is not None:
             if config.codec_identity is None:
                 raise ValueError(f"{directory} does not record which codec it was trained with; cannot check it "
@@ -165,24 +143,4 @@ class PretrainedLM(nn.Module):
                 f"the model in {directory} was trained with text vocabulary {config.text_vocab!r}, "
                 f"not {expect_text_vocab!r}; use the text front-end saved with the model"
             )
-        model = cls(config)
-        state = load_file(str(directory / WEIGHTS), device=str(device))
-        missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
-        if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS} does not match its config: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
-        model.load_state_dict(state)
-        return model.to(device).eval()
-
-
-def _resolve(path_or_hub_id: str | Path) -> Path:
-    """A local directory as is; anything else that looks like owner/name is fetched from the hub."""
-    path = Path(path_or_hub_id)
-    if path.is_dir():
-        return path
-    text = str(path_or_hub_id)
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1 or path.parent.is_dir():
-        raise FileNotFoundError(f"model directory {path} does not exist")
-    from huggingface_hub import snapshot_download  # only when a hub id is asked for
-
-    return Path(snapshot_download(text, allow_patterns=[CONFIG, WEIGHTS]))
+        return load_weights(cls(config), directory, device)

@@ -10,8 +10,10 @@ sentence is synthesized in that voice, with and/or without the prompt's transcri
 (--prompt-text). The syntheses, the ground-truth recordings and their codec resyntheses are
 all heard by the same meters (app/meters.py): WER/CER from an ASR model, speaker similarity
 to the speaker's own voice, to the prompt and to the other held-out voices. The model's codec
-is scored too (PESQ, STOI, SI-SDR, mel distance). The meters pocketsphinx and resemblyzer
-come with `pip install 'echo-tts[eval]'`; a missing one is reported, not fatal.
+is scored too (PESQ, STOI, SI-SDR, mel distance). The report judges the syntheses and the codec
+against the quality targets of a released model, or of the quickstart with --targets quickstart
+(app.evaluation.Targets). The meters pocketsphinx and resemblyzer come with
+`pip install 'echo-tts[eval]'`; a missing one is reported, not fatal.
 
 --out (default: <model>/eval) receives report.json, report.md (and its tables alone in
 tables.md), the syntheses in wavs/, and
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from app.evaluation import PROMPT_MODES, choose_items, evaluate_tts, read_voice_families
+from app.evaluation import PROMPT_MODES, TARGETS, choose_items, evaluate_tts, read_voice_families
 from app.figures import ar_attention, plot_attention, plot_training_curves, read_scalars
 from app.meters import MeterUnavailable, load_asr, load_speaker
 from app.scoring import scorer_names, scorers_by_name
@@ -66,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "all held-out voices still count as 'other voices' for similarity")
     parser.add_argument("--prompt-text", choices=("with", "without", "both"), default="both",
                         help="synthesize with the prompt's transcript, without it, or both ways (default)")
+    parser.add_argument("--targets", choices=sorted(TARGETS), default="release",
+                        help="the quality targets the report judges against: "
+                             + "; ".join(f"{t.name}, for {t.label}: WER ≤ {t.wer_ratio:g}× the ground truth's, "
+                                         f"similarity to own voice ≥ {t.sim_own:g}" for t in TARGETS.values())
+                             + " (default: release)")
     parser.add_argument("--codec-run", type=Path, default=None, help="codec training run dir: plot its curves")
     parser.add_argument("--lm-run", type=Path, default=None, help="LM training run dir: plot its curves")
     parser.add_argument("--examples", type=int, default=3, help="items whose spectrograms are plotted (default: 3)")
@@ -186,7 +193,8 @@ def main(argv: list[str] | None = None) -> Path:
           f"speaker encoder: {speaker.name if speaker else 'none'}", flush=True)
     report = evaluate_tts(tts, items, utterances, asr=asr, speaker=speaker, prompt_modes=modes,
                           n_references=args.references, wav_dir=out / "wavs", keep_examples=args.examples,
-                          meter_notes=notes, sampling=sampling, best_of=args.best_of, scorers=scorers)
+                          meter_notes=notes, sampling=sampling, best_of=args.best_of, scorers=scorers,
+                          targets=TARGETS[args.targets])
 
     figures = write_figures(report, tts, args, out)
     if report.codec is not None:

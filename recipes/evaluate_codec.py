@@ -26,7 +26,7 @@ from app.evaluation import read_voice_families
 from app.meters import ErrorCount, load_asr, word_errors
 from codec.codec2 import CODEC2_MODES
 from codec.evaluation import audio_files, codec2_markdown, evaluate_codec, evaluate_codec2, write_examples
-from codec.interface import load_codec
+from codec.loading import load_codec
 from data.manifest import Utterance, read_manifest
 
 

@@ -17,9 +17,10 @@ Stages, each calling a recipe's `main(argv)` in this process, into one run direc
     7 export    the final model directory, with the         RUN/model (codec/, ar/, nar/, text/)
                 decoder's codec
     8 samples   held-out sentences in held-out voices       RUN/samples/*.wav, samples.json
-    9 evaluate  recipes/evaluate.py, when it exists         RUN/report/
+    9 evaluate  recipes/evaluate.py                         RUN/report/
    10 curve     the same on each AR snapshot                RUN/curve/learning_curve.json, *.png
-   11 report    time per stage, what was skipped, paths     RUN/report.md, RUN/quickstart.json
+   11 report    every stage's time and figures, as tables   RUN/report.md, RUN/quickstart.json
+                (recipes/quickstart_report.py)
 
 Rerun and resume. RUN/quickstart.json records each stage: its status, wall seconds and the
 settings it ran with. A stage is finished when its record says "completed" with today's
@@ -29,33 +30,30 @@ the codec and LM trainings pass `--resume` when they have checkpoints, tokenizat
 the utterances already done. A stage that runs invalidates the stages that read its output:
 their outputs are deleted and they run again. `--from-stage S` redoes S and every later
 stage from scratch; `--only S ...` redoes just those (their inputs must be finished). The
-report is rewritten whenever a stage ran. The sizes of each preset are in
+report is rewritten whenever a stage ran. The runner that does all this is recipes/stages.py;
+this file holds the quickstart's settings and stage bodies. The sizes of each preset are in
 recipes/configs/quickstart/ (the codec and LM sizes in their own cpu and tiny presets).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from data.prepare import SYNTHETIC_HELD_OUT_SPEAKERS
 from data.synthetic import DEFAULT_NUM_SPEAKERS, SYNTHETIC_QUICKSTART_HOURS
+from recipes.quickstart_report import write_report
+from recipes.stages import Pipeline, Stage, load_state
 from recipes.training import CONFIG_DIR, checkpoint_dirs, config_to_dict, load_config
 
-RECIPES = Path(__file__).resolve().parent
-
 STATE_FILE = "quickstart.json"
-EVALUATE_SCRIPT = RECIPES / "evaluate.py"  # the evaluate stage runs its main(argv) when it exists
 
 
 # ---------------------------------------------------------------- settings
@@ -216,20 +214,6 @@ class Context:
     paths: Paths
     config: QuickstartConfig
     state: dict[str, Any]  # the records of RUN/quickstart.json
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    what: str  # the banner's line
-    needs: tuple[str, ...]  # stages whose outputs this one reads
-    home: Callable[[Paths], Path]  # its output, as the report names it
-    outputs: Callable[[Paths], list[Path]]  # all exist once the stage has finished
-    removes: Callable[[Paths], list[Path]]  # what redoing the stage from scratch deletes first
-    run: Callable[[Context], dict[str, Any]]  # -> notes for the record
-    settings: Callable[[QuickstartConfig], dict[str, Any]] = lambda config: {}
-    unavailable: Callable[[], str | None] = lambda: None  # why the stage cannot run here, if it cannot
-    optional: bool = False  # a failure is recorded and the run goes on to the report (then exits with an error)
 
 
 def run_corpus(ctx: Context) -> dict[str, Any]:
@@ -402,24 +386,12 @@ def run_samples(ctx: Context) -> dict[str, Any]:
     return {"wavs": made, "voices": len(records)}
 
 
-def evaluate_unavailable() -> str | None:
-    if not EVALUATE_SCRIPT.is_file():
-        return f"{EVALUATE_SCRIPT} does not exist"
-    if "def main(" not in EVALUATE_SCRIPT.read_text(encoding="utf-8"):
-        return f"{EVALUATE_SCRIPT} has no main(argv)"
-    return None
-
-
 def evaluate_model(ctx: Context, model: Path, out: Path, plot_runs: bool = True) -> dict[str, Any]:
     """recipes/evaluate.py on the held-out voices of the evaluated families -> its report.json."""
     from app.evaluation import read_voice_families
     from data.manifest import read_manifest
+    from recipes import evaluate
 
-    # Loaded from its file: a top-level `evaluate` could be Hugging Face's package of that name.
-    spec = importlib.util.spec_from_file_location("echo_recipes_evaluate", EVALUATE_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
     p, c = ctx.paths, ctx.config.evaluate
     argv = ["--model", str(model), "--manifest", str(p.corpus / "test.jsonl"), "--max-items", str(c.max_items),
             "--out", str(out)]
@@ -428,7 +400,7 @@ def evaluate_model(ctx: Context, model: Path, out: Path, plot_runs: bool = True)
     held_out = {u.speaker for u in read_manifest(p.corpus / "test.jsonl")}
     engines = read_voice_families(p.corpus / "speakers.json")
     families = [f for f in c.families if any(engines.get(s) == f for s in held_out)]
-    module.main(argv + (["--families", *families] if families else []))
+    evaluate.main(argv + (["--families", *families] if families else []))
     return json.loads((out / "report.json").read_text())
 
 
@@ -486,225 +458,61 @@ def run_report(ctx: Context) -> dict[str, Any]:
     p = ctx.paths
     ctx.state["paths"] = {"model": str(p.model), "samples": str(p.samples), "report": str(p.report),
                           "evaluation": str(p.evaluation), "state": str(p.state)}
-    write_report(p, ctx.state)
+    write_report(p, ctx.state, {stage.name: stage.home(ctx) for stage in PIPELINE.stages if not stage.reads_all})
     print(f"report: {p.report}", flush=True)
     return {}
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage("corpus", "build the built-in synthetic corpus", (), home=lambda p: p.corpus,
-          outputs=lambda p: [p.corpus / f"{n}.jsonl" for n in ("train", "dev", "test")] + [p.corpus / "summary.json"],
-          removes=lambda p: [],  # rebuilt in place, reusing its audio (other voices: see run_stage)
-          run=run_corpus, settings=lambda c: {k: v for k, v in asdict(c.corpus).items() if k != "workers"}),
-    Stage("codec", "train the neural codec", ("corpus",), home=lambda p: p.codec_model,
-          outputs=lambda p: [p.codec_model / "config.json", p.codec_model / "model.safetensors"],
-          removes=lambda p: [p.codec], run=run_codec, settings=lambda c: asdict(c.codec)),
+def corpus_removes_on_change(ctx: Context, recorded: dict[str, Any], settings: dict[str, Any]) -> list[Path]:
+    """The corpus is rebuilt in place, reusing its audio (more hours can), unless its voices changed."""
+    voices = ("speakers", "seed", "flite")
+    return [ctx.paths.corpus] if any(recorded.get(k) != settings.get(k) for k in voices) else []
+
+
+# The stages' functions are given the Context `c`.
+PIPELINE: Pipeline[Context] = Pipeline([
+    Stage("corpus", "build the built-in synthetic corpus", (), home=lambda c: c.paths.corpus,
+          outputs=lambda c: [c.paths.corpus / f"{n}.jsonl" for n in ("train", "dev", "test")]
+          + [c.paths.corpus / "summary.json"],
+          removes=lambda c: [], removes_on_change=corpus_removes_on_change, run=run_corpus,
+          settings=lambda c: {k: v for k, v in asdict(c.config.corpus).items() if k != "workers"}),
+    Stage("codec", "train the neural codec", ("corpus",), home=lambda c: c.paths.codec_model,
+          outputs=lambda c: [c.paths.codec_model / "config.json", c.paths.codec_model / "model.safetensors"],
+          removes=lambda c: [c.paths.codec], run=run_codec, settings=lambda c: asdict(c.config.codec)),
     Stage("decoder", "train the codec's decoder on, its tokens fixed", ("corpus", "codec"),
-          home=lambda p: p.decoder_model,
-          outputs=lambda p: [p.decoder_model / "config.json", p.decoder_model / "model.safetensors"],
-          removes=lambda p: [p.decoder], run=run_decoder, settings=lambda c: asdict(c.decoder)),
-    Stage("tokens", "encode and phonemize the train and dev utterances", ("corpus", "codec"), home=lambda p: p.tokens,
-          outputs=lambda p: [p.tokens / "header.json"],
-          removes=lambda p: [p.tokens], run=run_tokens, settings=lambda c: asdict(c.tokens)),
-    Stage("align", "learn which phoneme each frame speaks (recipes/align.py)", ("tokens",), home=lambda p: p.aligner,
-          outputs=lambda p: [p.aligner / "alignment.json"], removes=lambda p: [p.aligner], run=run_align,
-          settings=lambda c: asdict(c.align)),
-    Stage("lm", "train the AR and NAR language models", ("codec", "tokens", "align"), home=lambda p: p.lm / "model",
-          outputs=lambda p: [p.lm / "model" / part for part in ("ar", "nar", "text", "codec")],
-          removes=lambda p: [p.lm], run=run_lm, settings=lambda c: asdict(c.lm)),
-    Stage("export", "write the final model directory", ("lm", "decoder"), home=lambda p: p.model,
-          outputs=lambda p: [p.model / "codec" / "config.json", p.model / "ar" / "model.safetensors",
-                             p.model / "nar" / "model.safetensors", p.model / "text" / "text_vocab.json"],
-          removes=lambda p: [p.model], run=run_export),
-    Stage("samples", "speak held-out sentences in held-out voices", ("corpus", "export"), home=lambda p: p.samples,
-          outputs=lambda p: [p.samples / "samples.json"],
-          removes=lambda p: [p.samples], run=run_samples, settings=lambda c: asdict(c.samples)),
+          home=lambda c: c.paths.decoder_model,
+          outputs=lambda c: [c.paths.decoder_model / "config.json", c.paths.decoder_model / "model.safetensors"],
+          removes=lambda c: [c.paths.decoder], run=run_decoder, settings=lambda c: asdict(c.config.decoder)),
+    Stage("tokens", "encode and phonemize the train and dev utterances", ("corpus", "codec"),
+          home=lambda c: c.paths.tokens, outputs=lambda c: [c.paths.tokens / "header.json"],
+          removes=lambda c: [c.paths.tokens], run=run_tokens, settings=lambda c: asdict(c.config.tokens)),
+    Stage("align", "learn which phoneme each frame speaks (recipes/align.py)", ("tokens",),
+          home=lambda c: c.paths.aligner, outputs=lambda c: [c.paths.aligner / "alignment.json"],
+          removes=lambda c: [c.paths.aligner], run=run_align, settings=lambda c: asdict(c.config.align)),
+    Stage("lm", "train the AR and NAR language models", ("codec", "tokens", "align"),
+          home=lambda c: c.paths.lm / "model",
+          outputs=lambda c: [c.paths.lm / "model" / part for part in ("ar", "nar", "text", "codec")],
+          removes=lambda c: [c.paths.lm], run=run_lm, settings=lambda c: asdict(c.config.lm)),
+    Stage("export", "write the final model directory", ("lm", "decoder"), home=lambda c: c.paths.model,
+          outputs=lambda c: [c.paths.model / "codec" / "config.json", c.paths.model / "ar" / "model.safetensors",
+                             c.paths.model / "nar" / "model.safetensors", c.paths.model / "text" / "text_vocab.json"],
+          removes=lambda c: [c.paths.model], run=run_export),
+    Stage("samples", "speak held-out sentences in held-out voices", ("corpus", "export"),
+          home=lambda c: c.paths.samples, outputs=lambda c: [c.paths.samples / "samples.json"],
+          removes=lambda c: [c.paths.samples], run=run_samples, settings=lambda c: asdict(c.config.samples)),
     Stage("evaluate", "measure intelligibility and voice similarity (recipes/evaluate.py)",
-          ("corpus", "codec", "decoder", "lm", "export"), home=lambda p: p.evaluation,
-          outputs=lambda p: [p.evaluation], removes=lambda p: [p.evaluation], run=run_evaluate,
-          settings=lambda c: asdict(c.evaluate), unavailable=evaluate_unavailable, optional=True),
+          ("corpus", "codec", "decoder", "lm", "export"), home=lambda c: c.paths.evaluation,
+          outputs=lambda c: [c.paths.evaluation], removes=lambda c: [c.paths.evaluation], run=run_evaluate,
+          settings=lambda c: asdict(c.config.evaluate), optional=True),
     Stage("curve", "evaluate the AR's snapshots: quality against minutes of training",
-          ("corpus", "codec", "decoder", "tokens", "align", "lm", "export", "evaluate"), home=lambda p: p.curve,
-          outputs=lambda p: [p.curve / "learning_curve.json"], removes=lambda p: [p.curve], run=run_curve,
-          settings=lambda c: asdict(c.evaluate), unavailable=evaluate_unavailable, optional=True),
-    Stage("report", "write the report", (), home=lambda p: p.report,  # reads whatever the other stages left
-          outputs=lambda p: [p.report], removes=lambda p: [p.report], run=run_report),
-)
-NAMES = [stage.name for stage in STAGES]
-BY_NAME = {stage.name: stage for stage in STAGES}
-
-
-def dependents(name: str) -> list[str]:
-    """The stages that read `name`'s output, directly or not (and the report, which reads every stage)."""
-    found = {name}
-    for stage in STAGES:  # in order: a stage's inputs come before it
-        if found & set(stage.needs):
-            found.add(stage.name)
-    if name != "report":
-        found.add("report")
-    return [n for n in NAMES if n in found and n != name]
-
-
-# ---------------------------------------------------------------- the state file
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def plain(value: Any) -> Any:
-    """What `value` reads back as from JSON (tuples become lists): settings are compared that way."""
-    return json.loads(json.dumps(value))
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            print(f"warning: {path} is not valid JSON; every stage is checked again", flush=True)
-    return {"stages": {}}
-
-
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def is_finished(stage: Stage, state: dict[str, Any], paths: Paths, config: QuickstartConfig) -> bool:
-    record = state["stages"].get(stage.name)
-    return (record is not None and record.get("status") == "completed"
-            and record.get("settings") == plain(stage.settings(config))
-            and all(path.exists() for path in stage.outputs(paths)))
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def format_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-# ---------------------------------------------------------------- the report
-
-
-def write_report(paths: Paths, state: dict[str, Any]) -> None:
-    """RUN/report.md: the time of every stage, what was skipped, the samples and where everything is."""
-    run = state["last_run"]
-    lines = [
-        "# Echo quickstart report", "",
-        f"Preset `{state['preset']}`, run directory `{paths.root}`, written {now()} by `{run['command']}`.", "",
-        f"The model: `{paths.model}`.", "",
-        "## Stages", "",
-        "| stage | status | wall time | output |", "|---|---|---|---|",
-    ]
-    for stage in STAGES[:-1]:  # all but the report itself
-        record = state["stages"].get(stage.name, {})
-        status = record.get("status", "not run")
-        if status == "skipped":
-            status = f"skipped: {record.get('reason', '')}"
-        elif status == "failed":
-            status = f"failed: {record.get('error', '')}"
-        elif status == "completed" and stage.name not in run["ran"]:
-            status = "completed in an earlier run"
-        seconds = format_seconds(record["seconds"]) if "seconds" in record else ""
-        home = stage.home(paths).relative_to(paths.root).as_posix() + ("/" if not stage.home(paths).suffix else "")
-        lines.append(f"| {stage.name} | {status} | {seconds} | `{home}` |")
-    total = sum(r.get("seconds", 0.0) for r in state["stages"].values() if r.get("status") == "completed")
-    lines += ["", f"Total wall time of the completed stages: **{format_seconds(total)}**.", ""]
-
-    summary = paths.corpus / "summary.json"
-    if summary.is_file():
-        lines += ["## Corpus", "", "| split | hours | speakers | utterances |", "|---|---|---|---|"]
-        for split, s in json.loads(summary.read_text()).items():
-            lines.append(f"| {split} | {s['hours']:.3f} | {s['speakers']} | {s['utterances']} |")
-        lines.append("")
-
-    validation = state["stages"].get("lm", {}).get("validation", {})
-    if validation:
-        lines += ["## Language models on the dev set (last validation)", "",
-                  "| run | step | model and codebook | top-1 | top-10 |", "|---|---|---|---|---|"]
-        for stage, result in validation.items():
-            for key, value in result.items():
-                if key.endswith("/top1"):
-                    name = key.removesuffix("/top1")
-                    lines.append(f"| {stage} | {result.get('step', '')} | {name} | {value:.3f} "
-                                 f"| {result.get(name + '/top10', float('nan')):.3f} |")
-        reading = {k: v for result in validation.values() for k, v in result.items()
-                   if k == "ar/reading_gap" or k.startswith("ar/attention/")}
-        if reading:
-            lines += ["", "Does the AR read? Top-1 with the real text minus top-1 with each item's text shuffled "
-                      "(`reading_gap`), and its attention onto the text in its most focused layer: "
-                      + ", ".join(f"{k.removeprefix('ar/')} {v:.3f}" for k, v in reading.items()) + "."]
-        align = state["stages"].get("align", {})
-        if "focus_rate" in align:
-            lines += ["", f"The aligner: {align['frames_per_token']:.2f} frames per text token, soft-alignment "
-                      f"focus rate {align['focus_rate']:.3f} (`{(paths.aligner / 'alignment.png').relative_to(paths.root)}`)."]
-        lines.append("")
-
-    samples = paths.samples / "samples.json"
-    if samples.is_file():
-        lines += ["## Samples: held-out sentences in held-out voices", "",
-                  "Each voice is cloned from the `prompt`, one utterance of a speaker never trained on; `reference` is "
-                  "that speaker reading the sentence itself.", "",
-                  "| speaker | text | prompt | reference | cloned | cloned, given the prompt's text |",
-                  "|---|---|---|---|---|---|"]
-        for r in json.loads(samples.read_text()):
-            cells = [f"[{r[k]}](samples/{r[k]})" if k in r else "failed"
-                     for k in ("prompt", "reference", "cloned", "cloned_with_prompt_text")]
-            lines.append(f"| {r['speaker']} | {r['text']} | " + " | ".join(cells) + " |")
-        lines.append("")
-
-    lines += ["## Evaluation", ""]
-    evaluation = state["stages"].get("evaluate", {})
-    if evaluation.get("status") == "completed":
-        lines += [f"- {key}: {value}" for key, value in evaluation.get("metrics", {}).items()]
-        tables = paths.evaluation / "tables.md"
-        if tables.is_file():  # its tables, here; its figures stay behind the links below
-            lines += ["#" + line if line.startswith("## ") else line for line in tables.read_text().splitlines()]
-            lines.append("")
-        files = sorted(f.relative_to(paths.root).as_posix() for f in paths.evaluation.rglob("*")
-                       if f.is_file() and f.suffix in (".png", ".md", ".json"))
-        lines += [f"- [{name}]({name})" for name in files] or ["(it wrote no files)"]
-    else:
-        why = evaluation.get("reason") or evaluation.get("error") or evaluation.get("status", "not reached")
-        lines.append(f"Not run: {why}.")
-    curve = paths.curve / "learning_curve.json"
-    if curve.is_file():
-        points = json.loads(curve.read_text())
-        systems = [key for key in points[0] if key not in ("ar_step", "minutes")] if points else []
-        lines += ["", "## Learning curve", "",
-                  "Each AR snapshot with the final codec and NAR, on the same held-out sentences; minutes of training "
-                  "of the codec, tokenization, aligner, NAR and the AR up to the snapshot.", "",
-                  "| AR step | minutes | " + " | ".join(f"{s}: WER ÷ GT | similarity" for s in systems) + " |",
-                  "|---|---|" + "---|---|" * len(systems)]
-        for point in points:
-            cells = [_figure(point[s]["wer_ratio"]) + " | " + _figure(point[s]["sim_own"]) for s in systems]
-            lines.append(f"| {point['ar_step'] or 'final'} | {point['minutes']} | " + " | ".join(cells) + " |")
-        lines += [""] + [f"![{f.stem}]({f.relative_to(paths.root).as_posix()})"
-                         for f in sorted(paths.curve.glob("learning_curve_*.png"))]
-    lines += [
-        "", "## Use the model", "", "```bash",
-        f'echo-tts synthesize --model {paths.model} --text "Hello there." --prompt voice.wav --out out.wav',
-        "```", "", "```python", "from app import TTS", "",
-        f'tts = TTS.from_pretrained("{paths.model}")',
-        'wav, sr = tts.synthesize("Hello there.", "voice.wav", prompt_text="What voice.wav says.")',
-        "```", "",
-    ]
-    paths.report.write_text("\n".join(lines))
-
-
-def _figure(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+          ("corpus", "codec", "decoder", "tokens", "align", "lm", "export", "evaluate"),
+          home=lambda c: c.paths.curve, outputs=lambda c: [c.paths.curve / "learning_curve.json"],
+          removes=lambda c: [c.paths.curve], run=run_curve, settings=lambda c: asdict(c.config.evaluate),
+          optional=True),
+    Stage("report", "write the report", (), home=lambda c: c.paths.report, outputs=lambda c: [c.paths.report],
+          removes=lambda c: [c.paths.report], run=run_report, reads_all=True),
+], title="Echo quickstart")
+NAMES = PIPELINE.names
 
 
 # ---------------------------------------------------------------- main
@@ -734,56 +542,6 @@ def check_run_dir(root: Path) -> None:
             raise SystemExit(f"{root} holds {marker}: choose a run directory of its own (default runs/quickstart)")
 
 
-def corpus_voices(settings: dict[str, Any]) -> dict[str, Any]:
-    return {key: settings.get(key) for key in ("speakers", "seed", "flite")}
-
-
-def run_stage(stage: Stage, ctx: Context, redo: set[str], banner: str) -> float:
-    """Clear what must go, run `stage`, record it; return its wall seconds (this attempt and earlier ones)."""
-    paths, state = ctx.paths, ctx.state
-    record = state["stages"].get(stage.name)
-    settings = plain(stage.settings(ctx.config))
-    changed = record is not None and record.get("settings") is not None and record["settings"] != settings
-    if record is not None and (stage.name in redo or changed):  # redone from scratch: what it left goes first
-        targets = stage.removes(paths)
-        if stage.name == "corpus" and changed and corpus_voices(record["settings"]) != corpus_voices(settings):
-            targets = [paths.corpus]  # other voices: the audio on disk cannot be reused (more hours can)
-        for path in targets:
-            if path.exists():
-                print(f"removing {path} (the stage is redone from scratch)", flush=True)
-                remove(path)
-    for name in dependents(stage.name):  # built on what this stage is about to change
-        for path in BY_NAME[name].removes(paths):
-            if path.exists():
-                print(f"removing {path} ({name} is redone after {stage.name})", flush=True)
-                remove(path)
-        state["stages"].pop(name, None)
-    resuming = record is not None and record.get("status") in ("running", "interrupted", "failed") and not changed
-    earlier = record.get("seconds", 0.0) if resuming and stage.name not in redo else 0.0  # before an interruption
-    state["stages"][stage.name] = {"status": "running", "settings": settings, "started_at": now(), "seconds": earlier}
-    save_state(paths.state, state)
-
-    print(f"\n{'=' * 100}\n{banner}\n{'=' * 100}", flush=True)
-    start = time.perf_counter()
-    try:
-        notes = stage.run(ctx)
-    except BaseException as e:
-        seconds = earlier + time.perf_counter() - start
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        error = f"{type(e).__name__}: {e}"[:1000]
-        state["stages"][stage.name].update(status=status, seconds=round(seconds, 1), error=error)
-        save_state(paths.state, state)
-        print(f"\nstage {stage.name} {status} after {format_seconds(seconds)}; run the same command again to go on "
-              "from there", file=sys.stderr, flush=True)
-        if stage.optional and isinstance(e, Exception):
-            traceback.print_exc()
-            return seconds
-        raise
-    seconds = earlier + time.perf_counter() - start
-    state["stages"][stage.name].update(status="completed", seconds=round(seconds, 1), finished_at=now(), **notes)
-    return seconds
-
-
 def main(argv: list[str] | None = None) -> Path:
     """Run the quickstart; return the final model directory."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -794,68 +552,18 @@ def main(argv: list[str] | None = None) -> Path:
     check_run_dir(paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
     state = load_state(paths.state)
-    run = {"command": " ".join(["python recipes/quickstart.py", *argv]), "started_at": now(), "ran": [], "skipped": {}}
-    state.update(preset=args.preset, config=config_to_dict(config), last_run=run)
+    state.update(preset=args.preset, config=config_to_dict(config))
     ctx = Context(paths, config, state)
 
-    if args.only:
-        selected, redo = set(args.only) | {"report"}, set(args.only)
-        for name in args.only:
-            missing = [need for need in BY_NAME[name].needs if not is_finished(BY_NAME[need], state, paths, config)]
-            if missing:
-                raise SystemExit(f"--only {name} reads the output of {', '.join(missing)}, which has not finished: "
-                                 "run the quickstart without --only first")
-    else:
-        selected = set(NAMES)
-        redo = set(NAMES[NAMES.index(args.from_stage):]) if args.from_stage else set()
-
-    clock = time.perf_counter()
     print(f"Echo quickstart (preset {args.preset}) into {paths.root}", flush=True)
-    for number, stage in enumerate(STAGES, start=1):
-        if stage.name not in selected:
-            continue
-        banner = f"[{number}/{len(STAGES)}] {stage.name}: {stage.what}"
-        if stage.name not in redo and is_finished(stage, state, paths, config):
-            seconds = state["stages"][stage.name]["seconds"]
-            print(f"\n{banner}\n    skipped: finished in an earlier run ({format_seconds(seconds)})", flush=True)
-            run["skipped"][stage.name] = "finished"
-            continue
-        reason = stage.unavailable()
-        if reason:
-            print(f"\n{banner}\n    skipped: {reason}", flush=True)
-            run["skipped"][stage.name] = reason
-            state["stages"][stage.name] = {"status": "skipped", "reason": reason, "at": now()}
-            save_state(paths.state, state)
-            continue
-        seconds = run_stage(stage, ctx, redo, banner)
-        run["ran"].append(stage.name)
-        save_state(paths.state, state)
-        print(f"--- {stage.name}: {state['stages'][stage.name]['status']} in {format_seconds(seconds)} "
-              f"(this run so far: {format_seconds(time.perf_counter() - clock)})", flush=True)
-
-    run["seconds"] = round(time.perf_counter() - clock, 1)
-    records = state["stages"]
-    state["total_seconds"] = round(sum(r["seconds"] for r in records.values() if r.get("status") == "completed"), 1)
-    save_state(paths.state, state)
-    print(f"\n{'=' * 100}\nEcho quickstart: this run took {format_seconds(run['seconds'])}", flush=True)
-    for stage in STAGES:
-        record = records.get(stage.name, {})
-        if stage.name in run["ran"]:
-            what = f"{record['status']} in {format_seconds(record['seconds'])}"
-        elif run["skipped"].get(stage.name) == "finished":
-            what = f"skipped, finished in an earlier run ({format_seconds(record['seconds'])})"
-        elif stage.name in run["skipped"]:
-            what = f"skipped: {run['skipped'][stage.name]}"
-        else:
-            what = "not selected"
-        print(f"  {stage.name:<9} {what}", flush=True)
-    print(f"  {'total':<9} {format_seconds(state['total_seconds'])} (every completed stage)", flush=True)
+    failed = PIPELINE.run(ctx, state, paths.state, " ".join(["python recipes/quickstart.py", *argv]),
+                          only=args.only, from_stage=args.from_stage)
     print(f"\nmodel:   {paths.model}\nsamples: {paths.samples}\nreport:  {paths.report}", flush=True)
-    if records.get("evaluate", {}).get("status") == "completed":
+    if state["stages"].get("evaluate", {}).get("status") == "completed":
         print(f"evaluation: {paths.evaluation}", flush=True)
-    failed = [name for name in run["ran"] if records[name]["status"] == "failed"]
     if failed:
-        raise SystemExit(f"the quickstart finished, but {', '.join(failed)} failed: {records[failed[0]]['error']}")
+        error = state["stages"][failed[0]]["error"]
+        raise SystemExit(f"the quickstart finished, but {', '.join(failed)} failed: {error}")
     return paths.model
 
 

@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from codec.interface import load_codec
+from codec.loading import load_codec
 from data.manifest import read_manifest
 from data.tokenize import GROUPINGS, resolve_frontend, tokenize_corpus
 

@@ -11,7 +11,7 @@ and language models made with that codec stay valid with the new decoder.
 
 Any config key can be overridden: `--steps 2000 --model.n_q 4 --loss_weights.mel 30`.
 The run directory receives config.yaml, TensorBoard logs, checkpoints, audio samples and,
-at the end, the exported codec in `model/` (load it with `codec.load_codec`).
+at the end, the exported codec in `model/` (load it with `codec.loading.load_codec`).
 """
 
 from __future__ import annotations

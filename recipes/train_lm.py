@@ -195,7 +195,7 @@ def export(cfg: TrainLMConfig, models: dict[str, PretrainedLM], corpus: TokenCor
     shutil.rmtree(text_dir, ignore_errors=True)
     shutil.copytree(corpus.text_dir, text_dir)
     if cfg.codec:
-        from codec.interface import load_codec
+        from codec.loading import load_codec
 
         codec = load_codec(cfg.codec)
         corpus.check_codec(codec.identity)

@@ -265,6 +265,8 @@ def start_run(config_type: type[C], argv: list[str] | None, *, description: str,
         **accelerator_kwargs,
     )
     set_seed(config.seed)
+    precision = "bf16 autocast" if accelerator.mixed_precision == "bf16" else "float32"
+    accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device.type}, {precision}")
     accelerator.init_trackers(tracker(config) if callable(tracker) else tracker)
     return Run(config, directory, accelerator, args.resume, checkpoints, parse_overrides(overrides))
 

@@ -1,5 +1,9 @@
 """Shared test fixtures: a tiny random-weight Echo model in the export layout (model/{codec,ar,nar,text})."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +51,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+DISTRIBUTED_WORKER = Path(__file__).parent / "distributed_worker.py"
+
+
+def launch_two_processes(recipe: str, record_dir: Path, *args: str) -> subprocess.Popen:
+    """Two CPU processes (torchrun, gloo) of a recipe ("lm" or "codec") through
+    tests/distributed_worker.py, which records each process's batches and weights in `record_dir`.
+    (`accelerate launch --cpu --num_processes 2` starts one process: Accelerate runs several CPU
+    processes only through mpirun.) To crash the run, kill the launcher and the process ids the
+    workers recorded: torchrun starts them in sessions of their own."""
+    record_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(DISTRIBUTED_WORKER), recipe, *args]
+    env = os.environ | {"ECHO_TEST_RECORD": str(record_dir), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def recorded(record_dir: Path) -> dict[int, list[dict]]:
+    """What each process recorded: {rank: [event, ...]}."""
+    events = {}
+    for path in sorted(record_dir.glob("rank*.jsonl")):
+        lines = path.read_text().split("\n")[:-1]  # a line torn by a kill has no newline yet
+        events[int(path.stem.removeprefix("rank"))] = [json.loads(line) for line in lines]
+    return events

@@ -89,6 +89,17 @@ def test_missing_or_incomplete_model_directories(tmp_path, model_dir):
         TTS.from_pretrained(partial)
 
 
+def test_a_model_loads_by_hub_id(model_dir, monkeypatch):
+    import huggingface_hub
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, allow_patterns: asked.append((repo, allow_patterns)) or str(model_dir))
+    tts = TTS.from_pretrained("someone/echo")
+    assert tts.codec.identity == tts.ar.config.codec_identity
+    assert asked == [("someone/echo", ["codec/*", "ar/*", "nar/*", "text/*"])]
+
+
 def test_a_codec_other_than_the_models_is_refused(tmp_path, model_dir):
     other = EchoCodec(CodecConfig(sample_rate=SR, channels=4, strides=(4, 5, 8), dilations=(1,), latent_dim=8,
                                   n_q=3, codebook_size=16, activation="elu"))
@@ -335,7 +346,7 @@ def test_whisper_asr_plumbing(model_dir, prompt, tmp_path):
         warnings.simplefilter("ignore")  # a noise transcript may have no words: then it is dropped, with a warning
         wav, _ = tts.synthesize(TEXT, prompt, best_of=2)
     assert len(wav) > 0
-    with pytest.raises(FileNotFoundError, match="neither a directory nor a hub id"):
+    with pytest.raises(FileNotFoundError, match="Whisper model directory .* does not exist; give a directory or a hub"):
         WhisperASR.from_pretrained(tmp_path / "no-whisper")
 
 

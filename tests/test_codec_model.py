@@ -1,3 +1,4 @@
+import json
 import math
 from pathlib import Path
 
@@ -5,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from codec.interface import load_codec
+from codec.loading import load_codec
 from codec.losses import multiscale_mel_loss
 from codec.model import CodecConfig, EchoCodec
 
@@ -48,7 +49,7 @@ def test_config_validation_names_the_field():
         CodecConfig(sample_rate=16000, strides=(3, 7))
     with pytest.raises(ValueError, match="activation"):
         CodecConfig(activation="relu")
-    with pytest.raises(ValueError, match=r"unknown codec config field\(s\) \['n_codebooks'\]"):
+    with pytest.raises(ValueError, match=r"unknown CodecConfig field\(s\) \['n_codebooks'\]"):
         CodecConfig.from_dict({"n_codebooks": 4})
 
 
@@ -123,6 +124,42 @@ def test_load_codec_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_codec(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "echo_ar"}))
+    with pytest.raises(ValueError, match="describes a 'echo_ar' model; expected an Echo codec or EnCodec"):
+        load_codec(tmp_path / "empty")
+    with pytest.raises(ValueError, match="describes a 'echo_ar' model; EchoCodec loads 'echo_codec' models"):
+        EchoCodec.from_pretrained(tmp_path / "empty")
+
+
+def test_load_refuses_unknown_fields(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_codebooks": 4}))
+    with pytest.raises(ValueError, match=r"unknown CodecConfig field\(s\) \['n_codebooks'\] in .*; known: \["
+                                         r"'activation', 'architecture'"):
+        load_codec(tmp_path)
+
+
+def test_load_codec_from_a_hub_id(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    codec = tiny().eval()
+    codec.save_pretrained(tmp_path)
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: asked.append(repo) or str(tmp_path))
+    loaded = load_codec("someone/echo-codec")
+    assert isinstance(loaded, EchoCodec) and loaded.identity == codec.identity and asked == ["someone/echo-codec"]
+
+
+def test_the_interface_imports_no_implementation():
+    import ast
+
+    import codec.interface
+
+    tree = ast.parse(Path(codec.interface.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not imported & {"codec.model", "codec.encodec"}
 
 
 def test_reconstruction_loss_falls_on_a_fixed_batch():

@@ -15,7 +15,7 @@ import huggingface_hub.constants  # noqa: E402
 from transformers import EncodecConfig, EncodecModel  # noqa: E402
 
 from codec.encodec import ECHO_CODEC_FILE, EncodecCodec  # noqa: E402
-from codec.interface import load_codec  # noqa: E402
+from codec.loading import load_codec  # noqa: E402
 
 HOP = 32  # 8 * 4
 # 16 entries = 4 bits per code, 24000 / 32 = 750 frames/s: 3 kbps per codebook.
@@ -231,8 +231,25 @@ def test_uncached_hub_id_offline_says_to_save_locally(monkeypatch: pytest.Monkey
         load_codec(hub_id)
 
 
-def test_missing_local_directory(tmp_path: Path) -> None:
+def test_missing_local_directory(encodec_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         EncodecCodec.from_pretrained(tmp_path / "nowhere")
-    with pytest.raises(OSError, match="not an EnCodec directory"):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
         EncodecCodec.from_pretrained(tmp_path)  # exists, but holds no config.json
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "echo_codec"}))
+    with pytest.raises(ValueError, match="describes a 'echo_codec' model; EncodecCodec loads 'encodec' models"):
+        EncodecCodec.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text((encodec_dir / "config.json").read_text())
+    with pytest.raises(OSError, match="not an EnCodec directory written by save_pretrained"):
+        EncodecCodec.from_pretrained(tmp_path)  # a config without weights
+
+
+def test_a_hub_id_loads_its_snapshot(codecs: dict[float, EncodecCodec], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    codecs[3.0].save_pretrained(tmp_path)
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, allow_patterns: asked.append((repo, allow_patterns)) or str(tmp_path))
+    for codec in (EncodecCodec.from_pretrained("someone/encodec"), load_codec("someone/encodec")):
+        assert isinstance(codec, EncodecCodec) and codec.identity == codecs[3.0].identity
+    assert asked[0] == ("someone/encodec", ["config.json", "model.safetensors", ECHO_CODEC_FILE])

@@ -1,5 +1,7 @@
 import json
+import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +9,10 @@ import pytest
 import torch
 
 import app.meters as meters
-from app.evaluation import (CODEC, CODEC_1, GROUND_TRUTH, NAR_ON_RECORDING, _synthesize_items, choose_items,
-                            read_voice_families, synthesis_attention)
+from app.evaluation import (ALL, CODEC, CODEC_1, GROUND_TRUTH, NAR_ON_RECORDING, QUICKSTART_TARGETS, RELEASE_TARGETS,
+                            TARGETS, ItemResult, Meters, Rendering, TTSReport, _synthesize_items,
+                            choose_items, evaluate_item, read_voice_families, summarize, summarize_items,
+                            synthesis_attention, wer_ratio_interval)
 from app.figures import curve_group, read_scalars
 from app.meters import (ErrorCount, MeterUnavailable, char_errors, cosine_similarity, load_asr, load_speaker,
                         normalize_for_scoring, word_error_rate, word_errors)
@@ -170,6 +174,13 @@ def test_evaluate_end_to_end(tiny_model_dir, corpus, tmp_path):
     truth = report["summary"]["all"][GROUND_TRUTH]
     assert truth["items"] == 2 and 0.0 <= truth["wer"] and truth["sim_own"] > truth["sim_others"]  # real voices
     assert set(report["targets"]) == {"synthesis_with_text", "synthesis_without_text"}
+    for system, verdict in report["targets"].items():  # what recipes/quickstart.py reads
+        assert {"wer_ratio", "sim_own", "separation"} <= set(verdict)
+        assert verdict["wer_family"] == "all"  # no flite voice to judge WER on
+        assert verdict["wer_ratio"] == report["summary"]["all"][system]["wer_ratio"]
+        assert verdict["wer_ratio_target"] == RELEASE_TARGETS.wer_ratio
+    assert report["codec_target"]["wer_ratio_target"] == RELEASE_TARGETS.codec_wer_ratio
+    assert report["settings"]["targets"]["name"] == "release"
     assert report["codec"]["summaries"][0]["pesq"] is None or report["codec"]["summaries"][0]["pesq"] > 0
     figures = report["figures"]
     assert len(figures["spectrograms"]) == 1 and figures["attention"] == ["plots/attention.png"]
@@ -182,6 +193,8 @@ def test_evaluate_end_to_end(tiny_model_dir, corpus, tmp_path):
     assert "| espeak | ground truth | 2 |" in markdown and "WER ÷ GT" in markdown and "PESQ" in markdown
     tables = (out / "tables.md").read_text()  # the same tables without the figures, for the quickstart report
     assert tables in markdown and "PESQ" in tables and "plots/" not in tables
+    for text in (markdown, json.dumps(report)):  # reports speak of the model, not of the project's tracker
+        assert not re.search(r"\bissues?\s*#?\d|learns to read", text, re.IGNORECASE)
 
 
 def test_synthesis_attention_follows_the_pointer_of_a_windowed_ar(tmp_path, corpus, one_thread):
@@ -202,14 +215,16 @@ def test_evaluate_without_a_meter_still_reports(tiny_model_dir, corpus, tmp_path
     monkeypatch.setitem(sys.modules, "pocketsphinx", None)
     out = evaluate.main(["--model", str(tiny_model_dir), "--manifest", str(corpus / "test.jsonl"), "--max-items", "1",
                          "--out", str(tmp_path / "eval"), "--examples", "0", "--prompt-text", "with",
-                         "--speaker", "none"])
+                         "--speaker", "none", "--targets", "quickstart"])
     report = json.loads((out / "report.json").read_text())
     assert report["meters"]["asr"].startswith("unavailable: pocketsphinx is not installed")
     assert report["meters"]["speaker"] == "unavailable: not asked for (--speaker none)"
     rendering = report["items"][0]["renderings"]["synthesis_with_text"]
     assert rendering["transcript"] is None and rendering["sim_own"] is None
     assert report["summary"]["espeak"]["synthesis_with_text"]["wer"] is None
-    assert "n/a" in (out / "report.md").read_text()
+    assert report["targets"]["synthesis_with_text"]["wer_ratio_target"] == QUICKSTART_TARGETS.wer_ratio == 2.5
+    markdown = (out / "report.md").read_text()
+    assert "n/a" in markdown and f"Targets for {QUICKSTART_TARGETS.label};" in markdown
 
 
 def test_word_error_change_is_paired_over_shared_items(capsys):
@@ -258,8 +273,6 @@ def test_compare_evaluations_recipe(tmp_path, capsys):
 
 
 def test_wer_ratio_interval_is_paired_with_the_ground_truth():
-    from app.evaluation import ItemResult, Rendering, wer_ratio_interval
-
     def item(i, truth, synthesis):
         result = ItemResult(f"u{i}", "s", "flite", "text", "p", "text", 3.0, 0)
         result.renderings = {GROUND_TRUTH: Rendering(1.0, word_errors=truth, words=10),
@@ -275,6 +288,132 @@ def test_wer_ratio_interval_is_paired_with_the_ground_truth():
     assert wer_ratio_interval(mixed, "synthesis_without_text") is None
 
 
+def _record(i: int, family: str, errors: dict[str, int], sim_own: float | None = None) -> ItemResult:
+    """An item's record with each system's word errors (10 words) and the same similarities for all."""
+    result = ItemResult(f"u{i}", f"s{i % 3}", family, "text", "p", "text", 3.0, 0)
+    result.renderings = {system: Rendering(1.0, word_errors=e, words=10, char_errors=e, chars=40, sim_own=sim_own,
+                                           sim_others=None if sim_own is None else sim_own - 0.2)
+                         for system, e in errors.items()}
+    return result
+
+
+def test_the_summary_gives_each_group_its_ratios_to_the_ground_truth():
+    synthesis = "synthesis_with_text"
+    results = [_record(i, "flite", {GROUND_TRUTH: 2, CODEC: 3, synthesis: 3 + i}) for i in range(4)] + \
+              [_record(i, "espeak", {GROUND_TRUTH: 5, synthesis: 9}) for i in range(4, 7)] + \
+              [_record(7, "espeak", {GROUND_TRUTH: 5})]  # this item's synthesis failed
+    summary = summarize_items(results, [GROUND_TRUTH, CODEC, synthesis])
+    assert list(summary) == ["espeak", "flite", ALL] and list(summary["espeak"]) == [GROUND_TRUTH, synthesis]
+    for group, members in (("flite", results[:4]), ("espeak", results[4:]), (ALL, results)):
+        truth = summary[group][GROUND_TRUTH]
+        assert truth.wer_ratio is None and truth.wer_ratio_interval is None
+        row = summary[group][synthesis]
+        assert row == replace(summarize([r.renderings[synthesis] for r in members if synthesis in r.renderings]),
+                              wer_ratio=row.wer / truth.wer, wer_ratio_interval=wer_ratio_interval(members, synthesis))
+    assert summary["flite"][synthesis].wer_ratio == pytest.approx(18 / 8)
+    assert summary["espeak"][synthesis].wer_ratio == pytest.approx((27 / 30) / (20 / 40))  # over its own items
+    assert summary["espeak"][synthesis].wer_ratio_interval is not None
+    assert summary[ALL][CODEC].items == 4
+    unknown = summarize_items([_record(i, "unknown", {GROUND_TRUTH: 0, synthesis: 1}) for i in range(2)],
+                              [GROUND_TRUTH, synthesis])
+    assert list(unknown) == [ALL] and unknown[ALL][synthesis].wer_ratio is None  # no ratio to a perfect reference
+
+
+def test_the_targets_are_one_object_that_judges_the_summary():
+    assert (RELEASE_TARGETS.wer_ratio, RELEASE_TARGETS.sim_own) == (1.5, 0.75)
+    assert (RELEASE_TARGETS.codec_wer_ratio, RELEASE_TARGETS.codec_sim_own) == (1.2, 0.85)
+    assert QUICKSTART_TARGETS == replace(RELEASE_TARGETS, name="quickstart", label=QUICKSTART_TARGETS.label,
+                                         wer_ratio=2.5)
+    assert TARGETS == {"release": RELEASE_TARGETS, "quickstart": QUICKSTART_TARGETS}
+    with pytest.raises(ValueError, match="Targets.wer_ratio is a ratio"):
+        replace(RELEASE_TARGETS, wer_ratio=0)
+    with pytest.raises(ValueError, match="Targets.codec_sim_own is a cosine similarity"):
+        replace(RELEASE_TARGETS, codec_sim_own=1.5)
+
+    synthesis = "synthesis_with_text"
+    results = [_record(i, "flite", {GROUND_TRUTH: 4, CODEC: 5, synthesis: 8}, sim_own=0.8) for i in range(3)] + \
+              [_record(i, "espeak", {GROUND_TRUTH: 8, CODEC: 8, synthesis: 8}, sim_own=0.8) for i in range(3, 6)]
+    summary = summarize_items(results, [GROUND_TRUTH, CODEC, synthesis])
+    verdicts = RELEASE_TARGETS.check(summary)
+    assert list(verdicts) == [synthesis, CODEC]
+    assert verdicts[synthesis]["wer_family"] == "flite" and verdicts[synthesis]["wer_ratio"] == pytest.approx(2.0)
+    assert verdicts[synthesis]["wer_ratio_met"] is False and verdicts[synthesis]["sim_own_met"] is True
+    assert verdicts[synthesis]["wer_ratio_interval"] == summary["flite"][synthesis].wer_ratio_interval
+    assert verdicts[synthesis]["separation"] == pytest.approx(0.2)
+    assert verdicts[CODEC]["wer_ratio"] == pytest.approx(1.25) and verdicts[CODEC]["wer_ratio_met"] is False
+    assert verdicts[CODEC]["sim_own_target"] == 0.85 and verdicts[CODEC]["sim_own_met"] is False
+    assert QUICKSTART_TARGETS.check(summary)[synthesis]["wer_ratio_met"] is True  # 2.0 <= 2.5
+    assert replace(RELEASE_TARGETS, codec_wer_ratio=1.3).check(summary)[CODEC]["wer_ratio_met"] is True
+    espeak_only = summarize_items(results[3:], [GROUND_TRUTH, synthesis])
+    fallback = RELEASE_TARGETS.check(espeak_only)[synthesis]  # no flite voice: WER judged on all voices
+    assert fallback["wer_family"] == ALL and fallback["wer_ratio"] == pytest.approx(1.0)
+    assert fallback["wer_ratio_met"] is True and CODEC not in RELEASE_TARGETS.check(espeak_only)
+
+
+def test_the_report_prints_the_summary_and_the_targets():
+    synthesis = "synthesis_with_text"
+    results = [_record(i, "flite", {GROUND_TRUTH: 4, CODEC: 5, synthesis: 4 + i}, sim_own=0.8) for i in range(4)]
+    summary = summarize_items(results, [GROUND_TRUTH, CODEC, synthesis])
+    report = TTSReport(meters={"asr": "fake", "speaker": "fake"}, settings={}, items=results, summary=summary,
+                       codec=None, synthesis_rtf=None, targets=QUICKSTART_TARGETS)
+    markdown = report.to_markdown()
+    low, high = summary["flite"][synthesis].wer_ratio_interval
+    assert f"| flite | synthesis, with prompt text | 4 | 55.0 % | 13.8 % | 1.38 [{low:.2f}–{high:.2f}] |" in markdown
+    assert "| flite | ground truth | 4 | 40.0 % | 10.0 % | – |" in markdown
+    assert "| all |" not in markdown  # one family: its rows are all the rows
+    assert "synthesis, with prompt text: WER ÷ GT 1.38 (≤ 2.5: met); similarity to own voice 0.80 (≥ 0.75: met)" \
+           in markdown
+    assert "codec resynthesis: WER ÷ GT 1.25 (≤ 1.2: not met); similarity to own voice 0.80 (≥ 0.85: not met)" \
+           in markdown
+    data = report.to_dict()
+    assert list(data["targets"]) == [synthesis] and data["codec_target"]["wer_ratio"] == pytest.approx(1.25)
+    assert data["summary"]["flite"][synthesis]["wer_ratio_interval"] == [low, high]
+    assert [item["id"] for item in data["items"]] == ["u0", "u1", "u2", "u3"]
+
+
+class _FixedASR:
+    """Hears every rendering as the same words, and counts what it was given."""
+
+    name = "fixed"
+
+    def __init__(self) -> None:
+        self.heard: list[float] = []
+
+    def transcribe(self, wav, sample_rate: int) -> str:
+        self.heard.append(len(wav) / sample_rate)
+        return "the kite"
+
+
+def test_one_item_is_rendered_in_every_system_and_heard(tiny_model_dir, corpus, tmp_path):
+    tts = TTS.from_pretrained(tiny_model_dir)
+    item = choose_items(read_manifest(corpus / "test.jsonl"), max_items=1, seed=0)[0]
+    synthesis = tts.generate(item.target.text, item.prompt.audio_path, prompt_text=item.prompt.text, seed=item.seed)
+    resynthesis = torch.zeros(tts.sample_rate // 2)  # [T]: half a second of silence stands in for the codec's
+    asr = _FixedASR()
+    evaluation = evaluate_item(tts, item, {"synthesis_with_text": synthesis, "synthesis_without_text": "refused"},
+                               {CODEC: resynthesis}, Meters(asr, None), "with", tmp_path)
+    result = evaluation.result
+    assert list(result.renderings) == [GROUND_TRUTH, CODEC, NAR_ON_RECORDING, "synthesis_with_text"]
+    assert result.errors == {"synthesis_without_text": "refused"}
+    assert result.wavs == {"synthesis_with_text": f"{item.target.id}.synthesis_with_text.wav"}
+    assert (tmp_path / result.wavs["synthesis_with_text"]).is_file()
+    assert set(result.attention) == {"synthesis_with_text"}
+    expected = word_errors(item.target.text, "the kite", item.target.language)
+    for rendering in result.renderings.values():
+        assert (rendering.word_errors, rendering.words) == (expected.errors, expected.length)
+        assert rendering.transcript == "the kite" and rendering.sim_own is None
+    durations = [r.duration for r in result.renderings.values()]
+    assert durations == pytest.approx(asr.heard)  # each rendering heard once, whole
+    assert durations[0] == pytest.approx(item.target.duration, abs=0.01) and durations[1] == 0.5
+    assert result.renderings["synthesis_with_text"].duration == pytest.approx(synthesis.duration)
+    assert list(evaluation.waves) == ["prompt", *result.renderings]
+
+    unreadable = replace(item, target=replace(item.target, audio_path=str(tmp_path / "missing.wav")))
+    evaluation = evaluate_item(tts, unreadable, {"synthesis_with_text": synthesis}, {}, Meters(asr, None))
+    assert list(evaluation.result.errors) == [GROUND_TRUTH] and "missing.wav" in evaluation.result.errors[GROUND_TRUTH]
+    assert evaluation.result.renderings == {} and evaluation.waves == {}
+
+
 def test_evaluation_keeps_the_candidate_the_scorers_choose(tiny_model_dir, corpus):
     """best_of/scorers reach every item's synthesis, and candidate 0 is the best-of-1 synthesis (paired reports)."""
     tts = TTS.from_pretrained(tiny_model_dir)
@@ -283,11 +422,12 @@ def test_evaluation_keeps_the_candidate_the_scorers_choose(tiny_model_dir, corpu
     alone, _ = _synthesize_items(tts, items, ["without"], DEFAULT_SAMPLING, batch_size=2)
     chosen, _ = _synthesize_items(tts, items, ["without"], DEFAULT_SAMPLING, batch_size=2, best_of=3,
                                   scorers=[longest])
-    for key, synthesis in chosen.items():
-        segment = synthesis.segments[0]
+    assert len(chosen) == len(items) and all(list(made) == ["synthesis_without_text"] for made in chosen)
+    for made, made_alone in zip(chosen, alone):
+        segment = made["synthesis_without_text"].segments[0]
         frames = [c.n_frames for c in segment.candidates]
         assert len(frames) == 3 and segment.best == frames.index(max(frames))
-        assert torch.equal(segment.candidates[0].codes1, alone[key].segments[0].chosen.codes1)
+        assert torch.equal(segment.candidates[0].codes1, made_alone["synthesis_without_text"].segments[0].chosen.codes1)
 
 
 def test_evaluate_refuses_bad_best_of_and_rerank(tiny_model_dir, corpus, capsys):

@@ -269,6 +269,20 @@ def test_load_from_a_hub_id(tmp_path, monkeypatch):
     assert isinstance(NARModel.from_pretrained("someone/echo-nar"), NARModel) and asked == ["someone/echo-nar"]
 
 
+def test_load_refuses_unknown_fields_and_mismatched_weights(tmp_path):
+    ar().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_codebooks": 4}))
+    with pytest.raises(ValueError, match=r"unknown ARConfig field\(s\) \['n_codebooks'\] in .*config.json; "
+                                         r"known: \['codebook_size', 'codec', 'd_model'"):
+        ARModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_layers": 3}))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match its config: missing \['transformer.blocks.2"):
+        ARModel.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ARModel.from_pretrained("./someone/echo-ar")  # looks local: never a download
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 

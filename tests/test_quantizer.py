@@ -344,6 +344,28 @@ def test_distributed_processes_keep_identical_codebooks(tmp_path):
     assert all(bool(first[f"layers.{k}.initialized"]) for k in range(4))
 
 
+def _statistics_worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 8, kmeans_init=False, dead_code_threshold=0.0).train()
+    q(torch.randn(4, 4, 10).chunk(world_size)[rank])  # each process its half of one batch
+    if rank == 0:
+        torch.save({k: v.clone() for k, v in q.state_dict().items()}, result_file)
+    dist.destroy_process_group()
+
+
+def test_codebook_statistics_are_summed_over_processes(tmp_path):
+    """Two processes with half a batch each update the codebook as one process with the whole batch."""
+    result_file = tmp_path / "state.pt"
+    mp.spawn(_statistics_worker, args=(2, str(tmp_path / "init"), str(result_file)), nprocs=2)
+    torch.manual_seed(0)
+    whole = VectorQuantizer(4, 8, kmeans_init=False, dead_code_threshold=0.0).train()
+    whole(torch.randn(4, 4, 10))
+    split = torch.load(result_file, weights_only=True)
+    for key in ("cluster_size", "embed_sum", "embedding"):
+        torch.testing.assert_close(split[key], whole.state_dict()[key])
+
+
 def test_constructor_rejects_bad_settings():
     with pytest.raises(ValueError, match="quantizer_dropout"):
         rvq(quantizer_dropout=1.5)

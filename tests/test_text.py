@@ -330,6 +330,22 @@ def test_frontend_bpe_trains_and_round_trips(tmp_path) -> None:
     assert loaded.unknown_counts  # a character sentencepiece never saw is counted, not fatal
 
 
+def test_frontend_saved_over_another_and_loaded_by_hub_id(tmp_path, monkeypatch, phonemizer: Phonemizer) -> None:
+    import huggingface_hub
+
+    TextFrontend.build(_generated_corpus(100), languages="tlh", kind="bpe", bpe_vocab_size=40).save_pretrained(tmp_path)
+    phonemes = TextFrontend.build(["Hello there."], phonemizer=phonemizer)
+    phonemes.save_pretrained(tmp_path)  # the vocabulary file decides the kind: a stale text_bpe.model is not read
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, allow_patterns: asked.append((repo, allow_patterns)) or str(tmp_path))
+    loaded = TextFrontend.from_pretrained("someone/echo-text", phonemizer=phonemizer)
+    assert loaded.kind == "phoneme" and loaded.vocab == phonemes.vocab
+    assert asked == [("someone/echo-text", [VOCAB_FILE, BPE_MODEL_FILE])]
+    with pytest.raises(FileNotFoundError, match="text front-end directory .* does not exist"):
+        TextFrontend.from_pretrained(tmp_path / "nowhere")
+
+
 def test_frontend_bpe_normalizes_numbers_for_english() -> None:
     corpus = [*_generated_corpus(200), "It costs $5.20 in 1984."]
     frontend = TextFrontend.build(corpus, languages="en-us", kind="bpe", bpe_vocab_size=120)

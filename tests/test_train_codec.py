@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from codec.interface import load_codec
+from codec.loading import load_codec
+from conftest import launch_two_processes, recorded
 from data.prepare import write_corpus
 from data.synthetic import build_synthetic_corpus
 from recipes.train_codec import TrainCodecConfig
@@ -111,3 +112,25 @@ def test_decoder_only_training_changes_the_decoder_and_keeps_the_tokens(corpus, 
     for name, value in base.state_dict().items():
         if not name.startswith("decoder."):
             assert torch.equal(tuned.state_dict()[name], value), f"{name} changed"
+
+
+def test_bf16_autocast_trains_on_cpu(corpus, tmp_path):
+    output = finish(train(corpus, tmp_path / "run", "--steps", "2", "--val_every", "2", "--precision", "bf16"))
+    assert "bf16 autocast" in output
+    codec = load_codec(tmp_path / "run" / "model")
+    assert all(torch.isfinite(p).all() for p in codec.parameters())
+
+
+def test_two_processes_train_different_segments_into_the_same_weights(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    finish(launch_two_processes("codec", tmp_path / "record", "--preset", "tiny", "--train_manifest",
+                                str(corpus / "train.jsonl"), "--dev_manifest", str(corpus / "dev.jsonl"),
+                                "--run_dir", str(run_dir), "--steps", "4", "--checkpoint_every", "2"))
+    events = recorded(tmp_path / "record")
+    items = [[e["item"] for e in events[rank] if "item" in e] for rank in (0, 1)]
+    batch_size = load_config(TrainCodecConfig, "tiny", preset_dir=CONFIG_DIR / "codec").batch_size
+    assert not set(items[0][:batch_size]) & set(items[1][:batch_size])  # each process its own first batch
+    # Weights and the codebooks' statistics (buffers) stay identical in both processes.
+    weights = [{e["checkpoint"]: e["weights"] for e in events[rank] if "checkpoint" in e} for rank in (0, 1)]
+    assert weights[0] == weights[1] and set(weights[0]) == {2, 4}
+    assert (run_dir / "model" / "config.json").is_file()

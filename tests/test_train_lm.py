@@ -1,4 +1,7 @@
+import contextlib
+import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from codec.model import CodecConfig, EchoCodec
@@ -19,7 +23,9 @@ from data.tokenize import tokenize_corpus
 from data.tokens import TokenCorpus
 from lm.ar import ARModel
 from lm.nar import NARModel
-from recipes.train_lm import TrainLMConfig
+from conftest import launch_two_processes, recorded
+from data.lm_data import LMDataset
+from recipes.train_lm import TrainLMConfig, build_models, run_models, train_step
 from recipes.training import CONFIG_DIR, checkpoint_dirs, load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -150,3 +156,92 @@ def test_a_codec_other_than_the_tokens_is_refused(workspace, tmp_path):
     process = train(workspace, tmp_path / "run", "--steps", "1", "--codec", str(tmp_path / "other_codec"))
     output, _ = process.communicate(timeout=300)
     assert process.returncode != 0 and "different codec" in output
+
+
+def test_model_sections_are_the_models_configs_fitted_to_the_corpus(workspace, tmp_path):
+    cfg = load_config(TrainLMConfig, "tiny", ["--ar.n_q", "2"], preset_dir=CONFIG_DIR / "lm")
+    corpus = TokenCorpus.open(workspace / "tokens", splits="train")
+    with pytest.raises(SystemExit, match="ar.n_q is 2 but the tokens .* fix it to 3"):
+        build_models(cfg, corpus, ["ar"])
+
+    finish(train(workspace, tmp_path / "run", "--stage", "ar", "--steps", "1"))
+    saved = yaml.safe_load((tmp_path / "run" / "config-ar.yaml").read_text())
+    ar = ARModel.from_pretrained(tmp_path / "run" / "model" / "ar")
+    assert saved["ar"] == {k: v for k, v in ar.config.to_dict().items() if k != "model_type"}
+    assert saved["ar"]["text_vocab_size"] == len(corpus.vocab) and saved["ar"]["d_model"] == 32
+    # the saved config trains the same model again: its corpus fields agree with the tokens
+    finish(train(workspace, tmp_path / "again", "--preset", str(tmp_path / "run" / "config-ar.yaml"),
+                 "--run_dir", str(tmp_path / "again"), "--steps", "1"))
+
+
+def test_gradient_accumulation_equals_the_larger_batch(workspace):
+    """Micro-batches of unequal sizes weigh by their target tokens: one step on [A, B] is the step on A + B."""
+    from accelerate import Accelerator
+
+    cfg = load_config(TrainLMConfig, "tiny", [], preset_dir=CONFIG_DIR / "lm")
+    corpus = TokenCorpus.open(workspace / "tokens", splits="train")
+    dataset = LMDataset(corpus, cfg.prompt, seed=0)
+    items = [dataset[i] for i in range(4)]
+    whole, parts = dataset.collate(items), [dataset.collate(items[:1]), dataset.collate(items[1:])]
+    assert 3 * int(parts[0].code_lengths.sum()) != int(parts[1].code_lengths.sum())  # unequal: the test can fail
+    torch.manual_seed(0)
+    models = build_models(cfg, corpus, ["ar", "nar"])
+    accelerator = Accelerator(cpu=True)
+
+    def weights_after(step) -> torch.Tensor:
+        copies = {stage: copy.deepcopy(model) for stage, model in models.items()}
+        optimizer = torch.optim.SGD([p for m in copies.values() for p in m.parameters()], lr=1.0)
+        step(copies, optimizer, torch.Generator().manual_seed(0))
+        return torch.cat([p.detach().flatten() for m in copies.values() for p in m.parameters()])
+
+    def accumulate(batches):
+        return lambda m, o, g: train_step(accelerator, m, batches, o, corpus.n_q, g, grad_clip=1e9)
+
+    def averaged(m, optimizer, generator):  # what equal-batch accumulation would do
+        for batch in parts:
+            sum(out.loss for out in run_models(m, batch, corpus.n_q, generator).values()).div(len(parts)).backward()
+        optimizer.step()
+
+    one_batch = weights_after(accumulate([whole]))
+    assert torch.allclose(weights_after(accumulate(parts)), one_batch, atol=1e-6)
+    assert not torch.allclose(weights_after(averaged), one_batch, atol=1e-4)
+
+
+def test_bf16_autocast_trains_on_cpu(workspace, tmp_path):
+    output = finish(train(workspace, tmp_path / "run", "--steps", "2", "--val_every", "2", "--precision", "bf16"))
+    assert "bf16" in output
+    validation = json.loads((tmp_path / "run" / "validation-both.json").read_text())
+    assert all(math.isfinite(v) for k, v in validation.items() if k.endswith("/loss"))
+    assert (tmp_path / "run" / "model" / "nar" / "model.safetensors").is_file()
+
+
+def test_two_processes_train_different_batches_into_the_same_weights_and_resume_after_a_kill(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--preset", "tiny", "--tokens", str(workspace / "tokens"), "--run_dir", str(run_dir),
+            "--checkpoint_every", "2", "--val_every", "1000"]
+    process = launch_two_processes("lm", tmp_path / "first", *args, "--steps", "1000")
+    deadline = time.time() + 240
+    while not checkpoint_dirs(run_dir, "checkpoints-both") or checkpoint_dirs(run_dir, "checkpoints-both")[-1].name == "step-2":
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no second checkpoint within 240 s"
+        time.sleep(0.05)
+    first = recorded(tmp_path / "first")
+    for pid in [process.pid] + [e["pid"] for events in first.values() for e in events if "pid" in e]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+
+    first = recorded(tmp_path / "first")
+    batches = [[e["batch"] for e in first[rank] if "batch" in e] for rank in (0, 1)]
+    assert batches[0] and batches[1] and not set(batches[0][0]) & set(batches[1][0])
+    weights = [{e["checkpoint"]: e["weights"] for e in first[rank] if "checkpoint" in e} for rank in (0, 1)]
+    common = weights[0].keys() & weights[1].keys()
+    assert common and all(weights[0][step] == weights[1][step] for step in common)
+
+    last = json.loads((checkpoint_dirs(run_dir, "checkpoints-both")[-1] / "trainer_state.json").read_text())["step"]
+    output = finish(launch_two_processes("lm", tmp_path / "second", *args, "--steps", str(last + 2), "--resume"))
+    assert f"resumed from step {last}" in output
+    second = recorded(tmp_path / "second")
+    final = [{e["checkpoint"]: e["weights"] for e in second[rank] if "checkpoint" in e} for rank in (0, 1)]
+    assert final[0][last + 2] == final[1][last + 2]
+    assert (run_dir / "model" / "ar" / "model.safetensors").is_file()
