@@ -19,12 +19,13 @@ browsers read such a file to its end.
 from __future__ import annotations
 
 import io
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from data.pretrained import replacing_file
 
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm"}
 STREAMABLE_FORMATS = ("wav", "pcm")  # FLAC's header wants the total length, and libsndfile seeks back to write it
@@ -77,9 +78,9 @@ class ProgressiveAudioFile:
             raise ValueError(f"cannot write {self.path}: use a .wav, .flac or .ogg file name")
         self.sample_rate = sample_rate
         self.samples = 0
-        self._partial = self.path.with_name(f".{self.path.name}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = sf.SoundFile(str(self._partial), "w", sample_rate, 1, format=audio_format,
+        self._replacing = replacing_file(self.path)  # open until the `with` block ends
+        partial = self._replacing.__enter__()
+        self._file = sf.SoundFile(str(partial), "w", sample_rate, 1, format=audio_format,
                                   subtype="VORBIS" if audio_format == "OGG" else "PCM_16")
 
     @property
@@ -95,10 +96,7 @@ class ProgressiveAudioFile:
 
     def __exit__(self, error_type, error, traceback) -> None:
         self._file.close()
-        if error_type is None:
-            os.replace(self._partial, self.path)
-        else:
-            self._partial.unlink(missing_ok=True)
+        self._replacing.__exit__(error_type, error, traceback)  # the file becomes `path` only without an error
 
 
 def _clipped(wav: np.ndarray) -> np.ndarray:

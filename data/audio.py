@@ -6,13 +6,14 @@ does the resampling and the loudness measurement. Waveforms are float32 tensors 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from data.pretrained import write_file
 
 SILENCE_PEAK = 1e-4  # -80 dBFS: anything quieter is taken as digital silence
 
@@ -155,8 +156,5 @@ def write_audio(path: str | Path, wav: torch.Tensor | np.ndarray, sample_rate: i
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"cannot write {path}: use a .wav, .flac or .ogg file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), data, sample_rate, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
-    os.replace(tmp, path)
-    return path
+    subtype = "VORBIS" if fmt == "OGG" else "PCM_16"
+    return write_file(path, lambda tmp: sf.write(str(tmp), data, sample_rate, format=fmt, subtype=subtype))

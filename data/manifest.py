@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable
+
+from data.pretrained import write_file
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,18 @@ _FIELDS = [f.name for f in fields(Utterance)]
 def write_manifest(path: str | Path, utterances: Iterable[Utterance]) -> Path:
     """Write `utterances` to `path` (atomically: a crash leaves the old file or none)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     root = path.parent.resolve()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for utt in utterances:
-            record = asdict(utt)
-            audio = Path(utt.audio_path).resolve()
-            if audio.is_relative_to(root):
-                record["audio_path"] = audio.relative_to(root).as_posix()
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for utt in utterances:
+                record = asdict(utt)
+                audio = Path(utt.audio_path).resolve()
+                if audio.is_relative_to(root):
+                    record["audio_path"] = audio.relative_to(root).as_posix()
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    return write_file(path, write)
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:

@@ -37,7 +37,6 @@ absolute value.
 from __future__ import annotations
 
 import json
-import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from data.phonemes import STRESS_MARKS, WORD_BOUNDARY, is_phone_token
+from data.pretrained import write_file
 
 TIMINGS_FILE = "phoneme_timings.jsonl"
 PAUSE = "_"
@@ -70,15 +70,13 @@ class UtteranceTimings:
 
 def write_timings(path: str | Path, utterances: Iterable[UtteranceTimings]) -> Path:
     """Write `utterances` as a timings file (atomically: a crash leaves the old file or none)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for utt in utterances:
-            phonemes = [[p.phoneme, round(p.start, 5), round(p.end, 5)] for p in utt.phonemes]
-            f.write(json.dumps({"id": utt.id, "text": utt.text, "phonemes": phonemes}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for utt in utterances:
+                phonemes = [[p.phoneme, round(p.start, 5), round(p.end, 5)] for p in utt.phonemes]
+                f.write(json.dumps({"id": utt.id, "text": utt.text, "phonemes": phonemes}, ensure_ascii=False) + "\n")
+
+    return write_file(path, write)
 
 
 def read_timings(path: str | Path) -> dict[str, UtteranceTimings]:

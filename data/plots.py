@@ -8,13 +8,14 @@ safe in training loops, tests and servers alike.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from data.pretrained import write_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,12 +53,8 @@ def _save(fig: "Figure", path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=100)
-    os.replace(tmp, path)
-    return path
+    return write_file(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=100))
 
 
 def plot_spectrograms(

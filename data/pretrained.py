@@ -15,7 +15,8 @@ a voice preset is one file. The rules they share:
   `model_type`, unknown fields (naming the known ones) and missing ones.
 - `save_model` / `load_weights`: config.json + model.safetensors of a torch module; no pickle.
 
-It imports nothing from codec, lm or app, which all build on it.
+It imports nothing from codec, lm or app, which all build on it, and torch only to save or load weights:
+the modules that only write files through it (manifests, vocabularies, state files) stay light.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from safetensors.torch import load_file, save_file
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -40,7 +41,7 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 Config = TypeVar("Config")
-Module = TypeVar("Module", bound=nn.Module)
+Module = TypeVar("Module", bound="nn.Module")
 
 
 # -- finding a model ----------------------------------------------------------------------------------
@@ -162,6 +163,8 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def save_model(directory: str | Path, config: Mapping[str, Any], model: nn.Module) -> Path:
     """Write `config` (with its model_type) as config.json and `model`'s state as model.safetensors."""
+    from safetensors.torch import save_file
+
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
 
     def write(tmp: Path) -> None:
@@ -227,6 +230,8 @@ def read_config(directory: str | Path, config_class: type[Config], loader: str) 
 def load_weights(model: Module, directory: str | Path, device: Any = "cpu") -> Module:
     """Fill `model` from directory/model.safetensors, whose tensors must match its own one for one;
     returns it on `device`, in eval mode."""
+    from safetensors.torch import load_file
+
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; a model directory is written by save_pretrained")

@@ -55,6 +55,7 @@ from data.audio import normalize_loudness, resample, speech_bounds, write_audio
 from data.espeak import PhonemeEvent, VoiceSettings, espeak_synthesizer, espeak_variants
 from data.manifest import Utterance
 from data.phoneme_timings import PAUSE, TIMINGS_FILE, PhonemeTiming, UtteranceTimings, read_timings, write_timings
+from data.pretrained import write_file
 from data.sentences import generate_sentences
 
 logger = logging.getLogger(__name__)
@@ -529,6 +530,5 @@ def _write_speakers(out_dir: Path, speakers: list[SyntheticSpeaker], seed: int, 
                 f"{out_dir} holds a synthetic corpus built with other settings (seed, speakers, flite or sample "
                 "rate); build into an empty directory, or delete it first"
             )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(record, indent=2) + "\n"
+    write_file(path, lambda tmp: tmp.write_text(text))

@@ -17,10 +17,10 @@ everything else is JSON.
       shard-00001.safetensors ...
 
 A shard counts once its .json exists. The writer writes the tensors first and the records
-second, each to a temporary file that `os.replace` moves into place, so an interrupted writer
-leaves whole shards only; on reopening it removes anything left half-written and reports the
-utterance ids already done (`TokenShardWriter.done_ids`), so tokenizing continues where it
-stopped. One writer at a time per directory; readers may open it while it grows.
+second, each with `data.pretrained.write_file` (a temporary file moved into place), so an
+interrupted writer leaves whole shards only; on reopening it removes anything left half-written
+and reports the utterance ids already done (`TokenShardWriter.done_ids`), so tokenizing
+continues where it stopped. One writer at a time per directory; readers may open it while it grows.
 
     with TokenShardWriter(DIR, codec.identity, frontend) as writer:
         writer.add("utt1", codes, text_ids, speaker="p225", duration=2.3, text="Hello.")
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -46,6 +45,7 @@ from safetensors.torch import save_file
 
 from codec.interface import CodecIdentity
 from data.frontend import VOCAB_FILE, TextFrontend
+from data.pretrained import temporary_sibling, write_file
 from data.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -101,10 +101,9 @@ class TokenItem:
         return self.record.speaker
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+    write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _read_header(directory: Path) -> dict[str, Any]:
@@ -135,10 +134,8 @@ def write_durations(directory: Path, shard: str, durations: torch.Tensor) -> Non
     0 frames only in an utterance with fewer frames than tokens (recipes/align.py spreads those evenly)."""
     if durations.numel() and (durations.min() < 0 or durations.max() > INT16_MAX):
         raise ValueError(f"durations must lie in [0, {INT16_MAX}] frames, got [{int(durations.min())}, {int(durations.max())}]")
-    path = durations_path(directory, shard)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"durations": durations.to(torch.int16).contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    tensors = {"durations": durations.to(torch.int16).contiguous()}
+    write_file(durations_path(directory, shard), lambda tmp: save_file(tensors, str(tmp)))
 
 
 def _committed_shards(directory: Path) -> list[str]:
@@ -213,7 +210,7 @@ class TokenShardWriter:
             "codes": "int16 [frames, codebooks] per shard; an utterance is codes[code_offset : code_offset + n_frames]",
             "text": "int32 [ids] per shard; an utterance is text[text_offset : text_offset + n_text_tokens]",
         }
-        _write_json_atomic(self.directory / HEADER_FILE, header)  # last: the header makes it a token directory
+        _write_json(self.directory / HEADER_FILE, header)  # last: the header makes it a token directory
         return frontend.vocab
 
     def _reopen(self, frontend: TextFrontend | None) -> Vocabulary:
@@ -235,8 +232,9 @@ class TokenShardWriter:
     def _remove_leftovers(self) -> None:
         """Delete temporary files and shards whose records were never written (an interrupted flush)."""
         committed = set(self._shards)
-        for path in self.directory.glob("shard-*"):
-            name = path.name.split(".")[0]
+        temporary = self.directory.glob(temporary_sibling(Path("shard-*")).name)  # write_file's, hidden
+        for path in [*self.directory.glob("shard-*"), *temporary]:
+            name = path.name.lstrip(".").split(".")[0]
             if path.name.endswith(".tmp") or name not in committed:
                 logger.info("removing %s, left by an interrupted writer", path)
                 path.unlink()
@@ -306,12 +304,10 @@ class TokenShardWriter:
             "codes": torch.from_numpy(np.concatenate([f for _, f, _ in self._pending])).contiguous(),  # int16 [ΣT, K]
             "text": torch.from_numpy(np.concatenate([ids for _, _, ids in self._pending])).contiguous(),  # int32 [ΣN]
         }
-        tensors_path = self.directory / f"{name}.safetensors"
-        tmp = tensors_path.with_name(tensors_path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": FILE_FORMAT})
-        os.replace(tmp, tensors_path)
+        write_file(self.directory / f"{name}.safetensors",
+                   lambda tmp: save_file(tensors, str(tmp), metadata={"format": FILE_FORMAT}))
         shard = {"shard": name, "n_utterances": len(records), "n_frames": code_offset, "records": records}
-        _write_json_atomic(self.directory / f"{name}.json", shard)  # the commit: now the shard is visible
+        _write_json(self.directory / f"{name}.json", shard)  # the commit: now the shard is visible
         self._shards.append(name)
         self.done_ids.update(self._pending_ids)
         self._pending, self._pending_ids = [], set()

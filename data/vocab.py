@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from data.phonemes import PUNCTUATION, STRESS_MARKS, WORD_BOUNDARY, Phonemizer
+from data.pretrained import write_file
 
 logger = logging.getLogger(__name__)
 
@@ -212,12 +212,8 @@ class Vocabulary:
 
     def save(self, path: str | Path) -> Path:
         """Write the vocabulary as JSON (atomically: a crash leaves the old file or none)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n"
+        return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

@@ -19,7 +19,6 @@ the caller adds. A record: "status" (running, completed, failed or interrupted),
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+from data.pretrained import write_file
 
 C = TypeVar("C")  # what the stages' functions are given: the caller's paths, config and state
 
@@ -221,10 +222,8 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)  # a kill never leaves half a state file
+    text = json.dumps(state, indent=2, ensure_ascii=False) + "\n"
+    write_file(path, lambda tmp: tmp.write_text(text))  # a kill never leaves half a state file
 
 
 def remove(path: Path) -> None:

@@ -136,6 +136,48 @@ def build_codec(run: Run) -> tuple[EchoCodec, bool]:
     return codec, True
 
 
+def load_data(cfg: TrainCodecConfig) -> tuple[AudioSegments, AudioSegments, DataLoader]:
+    """Random training segments and their loader, and fixed dev segments (twice as long)."""
+    sr = cfg.model.sample_rate
+    train_set = AudioSegments(read_manifest(cfg.train_manifest), sr, cfg.segment_seconds, cache=cfg.cache_audio)
+    dev_set = AudioSegments(read_manifest(cfg.dev_manifest)[: cfg.val_items], sr, 2 * cfg.segment_seconds,
+                            random_crop=False)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    if len(loader) == 0:
+        raise SystemExit(f"{cfg.train_manifest} has {len(train_set)} utterances, fewer than one batch of {cfg.batch_size}")
+    return train_set, dev_set, loader
+
+
+def phonetic_task(run: Run, train_set: AudioSegments, dev_set: AudioSegments
+                  ) -> tuple[PhoneticProbe | None, DataLoader | None, PhonemizedUtterances | None]:
+    """With a phonetic loss weight: the probe that reads phonemes off codebook 1, whole training
+    utterances with their phonemes, and the dev ones for its phoneme error rate (None x 3 without)."""
+    cfg = run.config
+    if cfg.loss_weights.phonetic <= 0:
+        return None, None, None
+    sr = cfg.model.sample_rate
+    phonetic_set, table = phonemized(train_set.utterances, sr, cfg.phonetic_max_seconds, cache=cfg.cache_audio)
+    dev_phonemized, _ = phonemized(dev_set.utterances, sr, cfg.phonetic_max_seconds, table)
+    loader = DataLoader(phonetic_set, batch_size=cfg.phonetic_batch_size, shuffle=True, drop_last=True,
+                        collate_fn=partial(collate_phonemized, hop_length=cfg.model.hop_length))
+    run.accelerator.print(f"phonetic loss on codebook 1: {len(table)} phonemes, {len(phonetic_set)} utterances")
+    return PhoneticProbe(cfg.model.latent_dim, len(table)), loader, dev_phonemized
+
+
+def generator_gan_losses(discriminator: Discriminator, recon: torch.Tensor, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The generator's adversarial and feature-matching losses, through the unwrapped discriminator
+    frozen for the call: their gradient must reach the codec only, never the discriminator's
+    parameters (nor DDP's gradient hooks)."""
+    discriminator.requires_grad_(False)
+    fake = discriminator(recon)
+    with torch.no_grad():
+        real = discriminator(wav)
+    discriminator.requires_grad_(True)
+    return {"adversarial": generator_adversarial_loss(fake.logits),
+            "feature_matching": feature_matching_loss(real.features, fake.features)}
+
+
 def log_training(run: Run, step: int, losses: dict[str, torch.Tensor], loss: torch.Tensor, out, lr: float,
                  grad_norm: float, audio_per_second: float, progress: tqdm) -> None:
     q = out.quantizer
@@ -172,24 +214,12 @@ def main(argv: list[str] | None = None) -> Path:
     codec, decoder_only = build_codec(run)
     run.save_config()
     sr = cfg.model.sample_rate
-    train_set = AudioSegments(read_manifest(cfg.train_manifest), sr, cfg.segment_seconds, cache=cfg.cache_audio)
-    dev_set = AudioSegments(read_manifest(cfg.dev_manifest)[: cfg.val_items], sr, 2 * cfg.segment_seconds, random_crop=False)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    if len(loader) == 0:
-        raise SystemExit(f"{cfg.train_manifest} has {len(train_set)} utterances, fewer than one batch of {cfg.batch_size}")
-
+    train_set, dev_set, loader = load_data(cfg)
     discriminator = Discriminator(cfg.discriminator)
-    probe = phonetic_loader = dev_phonemized = None
+    # The phonetic loss trains the encoder: not when the decoder trains alone.
+    probe, phonetic_loader, dev_phonemized = (None, None, None) if decoder_only else phonetic_task(run, train_set, dev_set)
     generator_parameters = list((codec.decoder if decoder_only else codec).parameters())
-    if cfg.loss_weights.phonetic > 0 and not decoder_only:  # it trains the encoder, frozen here
-        phonetic_set, table = phonemized(train_set.utterances, sr, cfg.phonetic_max_seconds, cache=cfg.cache_audio)
-        dev_phonemized, _ = phonemized(dev_set.utterances, sr, cfg.phonetic_max_seconds, table)
-        phonetic_loader = DataLoader(phonetic_set, batch_size=cfg.phonetic_batch_size, shuffle=True, drop_last=True,
-                                     collate_fn=partial(collate_phonemized, hop_length=cfg.model.hop_length))
-        probe = PhoneticProbe(cfg.model.latent_dim, len(table))
-        generator_parameters += list(probe.parameters())
-        accelerator.print(f"phonetic loss on codebook 1: {len(table)} phonemes, {len(phonetic_set)} utterances")
+    generator_parameters += list(probe.parameters()) if probe is not None else []
     opt_g = torch.optim.AdamW(generator_parameters, lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.discriminator_lr, betas=cfg.betas)
     codec, discriminator, opt_g, opt_d, loader = accelerator.prepare(codec, discriminator, opt_g, opt_d, loader)
@@ -228,15 +258,7 @@ def main(argv: list[str] | None = None) -> Path:
                     z_q = codec(utterances, n_q=1, decode=False).quantizer.z_q  # codebook 1, straight-through
                 losses["phonetic"] = probe(z_q, frames, targets, target_lengths)
             if use_gan:
-                # The generator's loss goes through a frozen, unwrapped discriminator: its gradient must
-                # reach the codec only, never the discriminator's parameters (nor DDP's gradient hooks).
-                frozen = accelerator.unwrap_model(discriminator).requires_grad_(False)
-                fake = frozen(recon)
-                with torch.no_grad():
-                    real = frozen(wav)
-                frozen.requires_grad_(True)
-                losses["adversarial"] = generator_adversarial_loss(fake.logits)
-                losses["feature_matching"] = feature_matching_loss(real.features, fake.features)
+                losses |= generator_gan_losses(accelerator.unwrap_model(discriminator), recon, wav)
             loss_g = sum(getattr(w, name) * value for name, value in losses.items())
             opt_g.zero_grad(set_to_none=True)
             accelerator.backward(loss_g)

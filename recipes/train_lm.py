@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data.lm_data import FrameBudgetBatchSampler, LMBatch, LMDataset, PromptConfig
+from data.pretrained import write_directory
 from data.tokens import TokenCorpus
 from lm.ar import ARConfig, ARModel
 from lm.nar import NARConfig, NARModel
@@ -206,18 +206,15 @@ def export(cfg: TrainLMConfig, models: dict[str, PretrainedLM], corpus: TokenCor
 def save_snapshot(models: dict[str, PretrainedLM], run_dir: Path, step: int, seconds: float) -> Path:
     """snapshots/<stages>-step-<step>/ (stages "ar", "nar" or "ar+nar"): each model as `save_pretrained`
     writes it, and training.json with the step and the wall seconds of training so far (over every
-    resumed run, validation included)."""
-    stages = "+".join(models)
-    final = run_dir / "snapshots" / f"{stages}-step-{step:06d}"
-    tmp = final.with_name("." + final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for stage, model in models.items():
-        model.save_pretrained(tmp / stage)
-    (tmp / "training.json").write_text(json.dumps({"stages": list(models), "step": step,
-                                                   "seconds": round(seconds, 1)}, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
+    resumed run, validation included), written last: a snapshot without it is not one."""
+
+    def write(directory: Path) -> None:
+        for stage, model in models.items():
+            model.save_pretrained(directory / stage)
+        (directory / "training.json").write_text(json.dumps({"stages": list(models), "step": step,
+                                                             "seconds": round(seconds, 1)}, indent=2) + "\n")
+
+    return write_directory(run_dir / "snapshots" / f"{'+'.join(models)}-step-{step:06d}", write, marker="training.json")
 
 
 def snapshots(run_dir: str | Path, stage: str) -> list[tuple[Path, dict]]:

@@ -258,6 +258,9 @@ def start_run(config_type: type[C], argv: list[str] | None, *, description: str,
         raise SystemExit(f"{directory / checkpoints} already has checkpoints: pass --resume to continue, "
                          f"or choose another --run_dir")
     accelerator = Accelerator(
+        # Without a GPU, processes started by torchrun join one gloo group only when Accelerate
+        # is told to use the CPU; otherwise each would train alone into the same run directory.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps if accelerate_accumulation else 1,
         log_with="tensorboard",

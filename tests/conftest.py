@@ -65,7 +65,7 @@ def launch_two_processes(recipe: str, record_dir: Path, *args: str) -> subproces
     record_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(DISTRIBUTED_WORKER), recipe, *args]
-    env = os.environ | {"ECHO_TEST_RECORD": str(record_dir), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    env = os.environ | {"ECHO_TEST_RECORD": str(record_dir), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from app.audio_formats import ProgressiveAudioFile
 from app.cli import main
 from conftest import PROMPT_TEXT, SR, TEXT, build_tiny_model
 from test_prompt import speech_like
@@ -158,6 +159,15 @@ def test_synthesize_streams_into_a_file_that_appears_when_complete(files, capsys
     wav, sr = sf.read(out)
     assert sr == SR and wav.ndim == 1 and len(wav) > 0
     assert not list(root.glob(".streamed.flac*"))  # the partial file became the file
+
+
+def test_a_stream_into_a_file_that_fails_leaves_the_old_file(tmp_path):
+    out = tmp_path / "story.wav"
+    sf.write(out, np.zeros(10), SR, subtype="PCM_16")
+    with pytest.raises(KeyboardInterrupt), ProgressiveAudioFile(out, SR) as stream:
+        stream.write(np.full(100, 0.5, dtype=np.float32))
+        raise KeyboardInterrupt
+    assert sf.info(out).frames == 10 and [p.name for p in tmp_path.iterdir()] == ["story.wav"]
 
 
 def test_stream_refuses_best_of(files, capsys):

@@ -1,6 +1,8 @@
 """data/pretrained.py: finding a model directory, writing it whole or not at all, reading its config."""
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -14,7 +16,7 @@ from torch import nn
 
 import data.pretrained as pretrained
 from data.pretrained import (CONFIG_FILE, WEIGHTS_FILE, config_from_dict, load_weights, read_config,
-                             resolve_pretrained, save_model, write_directory, write_file)
+                             replacing_file, resolve_pretrained, save_model, write_directory, write_file)
 
 
 @dataclass
@@ -184,6 +186,54 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_file(path, crash)
     assert path.read_text() == "first" and sorted(p.name for p in path.parent.iterdir()) == ["x.txt"]
+
+
+def test_a_file_written_piece_by_piece_appears_when_its_block_ends(tmp_path):
+    path = tmp_path / "log.txt"
+    with replacing_file(path) as tmp, open(tmp, "w") as f:
+        f.write("one")
+        f.flush()
+        assert not path.exists()
+    assert path.read_text() == "one"
+    with pytest.raises(KeyboardInterrupt), replacing_file(path) as tmp:
+        tmp.write_text("two")
+        raise KeyboardInterrupt
+    assert path.read_text() == "one" and [p.name for p in tmp_path.iterdir()] == ["log.txt"]
+
+
+def test_a_directory_of_models_is_saved_over_part_by_part_with_its_marker_last(tmp_path, monkeypatch):
+    def version(n: int):
+        def write(tmp: Path) -> None:
+            for part in ("ar", "text"):
+                (tmp / part).mkdir()
+                (tmp / part / f"v{n}").write_text(part)
+        return write
+
+    model = tmp_path / "model"
+    write_directory(model, version(1), marker="text")
+    (model / "notes.md").write_text("kept")
+    write_directory(model, version(2), marker="text")
+    assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*")) == [
+        "ar", "ar/v2", "notes.md", "text", "text/v2"]  # each part replaced whole, the rest kept
+    real_replace = pretrained.os.replace
+
+    def die_after_ar(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name == "ar":
+            raise SystemExit("killed")
+
+    monkeypatch.setattr(pretrained.os, "replace", die_after_ar)
+    with pytest.raises(SystemExit):
+        write_directory(model, version(3), marker="text")
+    assert (model / "ar" / "v3").is_file() and not (model / "text").exists()  # no mix of versions with its marker
+
+
+def test_writing_files_needs_no_torch():
+    code = ("import sys, data.manifest, data.vocab, data.phoneme_timings, recipes.stages; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
 
 
 # -- reading -----------------------------------------------------------------------------------------------

@@ -158,11 +158,12 @@ def test_an_interrupted_writer_leaves_whole_shards_only(tmp_path):
         writer.add(u["id"], u["codes"], u["text_ids"], speaker=u["speaker"], duration=1.0, text=u["text"])
     del writer
     (tmp_path / "shard-00001.safetensors").write_bytes(b"half written")  # died between tensors and records
-    (tmp_path / "shard-00001.json.tmp").write_text("{")
+    (tmp_path / ".shard-00001.json.tmp").write_text("{")  # ... and while writing the records
+    (tmp_path / "shard-00000.durations.safetensors.tmp").write_bytes(b"half")  # as Echo named them before
     assert [r.id for r in TokenCorpus.open(tmp_path).records] == ["utt0", "utt1"]
     with TokenShardWriter(tmp_path, IDENTITY, shard_size=2) as writer:  # continues with its own vocabulary
         assert writer.done_ids == {"utt0", "utt1"}
-        assert not (tmp_path / "shard-00001.safetensors").exists()
+        assert sorted(p.name for p in tmp_path.glob("*shard-*")) == ["shard-00000.json", "shard-00000.safetensors"]
         for u in utterances[2:]:
             writer.add(u["id"], u["codes"], u["text_ids"], speaker=u["speaker"], duration=1.0, text=u["text"])
     corpus = TokenCorpus.open(tmp_path)
