@@ -113,9 +113,9 @@ def ar_attention(tts: TTS, synthesis: Synthesis, chunk: int = 0) -> tuple[np.nda
 def plot_attention(weights: np.ndarray, tokens: Sequence[str], path: str | Path, frame_rate: float,
                    title: str = "", prompt_text_length: int = 0, spoken: np.ndarray | None = None) -> Path:
     """`attention_figure`, written to `path`."""
-    from data.plots import _save
+    from data.plots import save_figure
 
-    return _save(attention_figure(weights, tokens, frame_rate, title, prompt_text_length, spoken), path)
+    return save_figure(attention_figure(weights, tokens, frame_rate, title, prompt_text_length, spoken), path)
 
 
 def attention_figure(weights: np.ndarray, tokens: Sequence[str], frame_rate: float, title: str = "",

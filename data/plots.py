@@ -48,7 +48,7 @@ def log_mel_db(wav: torch.Tensor | np.ndarray, sample_rate: int) -> np.ndarray:
     return (10 * torch.log10(mel.clamp_min(1e-10))).numpy()
 
 
-def _save(fig: "Figure", path: str | Path) -> Path:
+def save_figure(fig: "Figure", path: str | Path) -> Path:
     """Render `fig` with Agg and write it atomically (the format follows the suffix, e.g. .png, .pdf)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -91,7 +91,7 @@ def plot_spectrograms(
     fig.colorbar(image, ax=list(axes), label="dB", pad=0.01)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def spectrogram_image(wav: torch.Tensor | np.ndarray, sample_rate: int) -> np.ndarray:
@@ -145,4 +145,4 @@ def plot_curves(
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -15,8 +15,7 @@ against the quality targets of a released model, or of the quickstart with --tar
 (app.evaluation.Targets). The meters pocketsphinx and resemblyzer come with
 `pip install 'echo-tts[eval]'`; a missing one is reported, not fatal.
 
---out (default: <model>/eval) receives report.json, report.md (and its tables alone in
-tables.md), the syntheses in wavs/, and
+--out (default: <model>/eval) receives report.json, report.md, the syntheses in wavs/, and
 plots/: spectrograms of prompt, syntheses and ground truth for the first items, the AR
 model's attention onto the text for one synthesis, and the training curves of --codec-run
 and --lm-run (read from their TensorBoard logs).
@@ -210,7 +209,6 @@ def main(argv: list[str] | None = None) -> Path:
     tables = [f"`{command}`", "", "## Zero-shot synthesis on held-out voices", "", tts_table]
     if report.codec is not None:
         tables += ["## The model's codec on the same recordings", "", report.codec.to_markdown()]
-    (out / "tables.md").write_text("\n".join(tables) + "\n")  # the figures in words, for other reports to embed
     sections = [f"# Evaluation of {args.model}", "", *tables]
     if any(figures.values()):
         sections += ["## Figures", ""]
