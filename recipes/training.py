@@ -25,6 +25,8 @@ from typing import Any, Callable, TypeVar
 import torch
 import yaml
 
+from data.pretrained import write_file
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 C = TypeVar("C")
 
@@ -154,7 +156,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    write_file(path, lambda tmp: tmp.write_text(text))
 
 
 # ---------------------------------------------------------------- runs

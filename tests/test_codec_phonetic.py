@@ -32,7 +32,7 @@ def test_the_probe_learns_to_read_phonemes_and_scores_them():
     z = torch.randn(2, 6, 8)  # one fixed "codebook 1" per item
     probe = PhoneticProbe(latent_dim=6, n_phonemes=3)
     opt = torch.optim.Adam(probe.parameters(), lr=0.05)
-    first = float(probe(z, frames, targets, target_lengths))
+    first = float(probe(z, frames, targets, target_lengths).detach())
     for _ in range(200):
         loss = probe(z, frames, targets, target_lengths)
         opt.zero_grad()

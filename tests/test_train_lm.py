@@ -25,7 +25,7 @@ from lm.ar import ARModel
 from lm.nar import NARModel
 from conftest import launch_two_processes, recorded
 from data.lm_data import LMDataset
-from recipes.train_lm import TrainLMConfig, build_models, run_models, train_step
+from recipes.train_lm import TrainLMConfig, build_models, run_models, target_count, train_step
 from recipes.training import CONFIG_DIR, checkpoint_dirs, load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -202,6 +202,8 @@ def test_gradient_accumulation_equals_the_larger_batch(workspace):
             sum(out.loss for out in run_models(m, batch, corpus.n_q, generator).values()).div(len(parts)).backward()
         optimizer.step()
 
+    for stage, out in run_models(models, whole, corpus.n_q, torch.Generator().manual_seed(0)).items():
+        assert int(out.n_tokens) == target_count(stage, whole)  # the weights count what the losses average over
     one_batch = weights_after(accumulate([whole]))
     assert torch.allclose(weights_after(accumulate(parts)), one_batch, atol=1e-6)
     assert not torch.allclose(weights_after(averaged), one_batch, atol=1e-4)
