@@ -14,13 +14,11 @@ from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.evaluation import ALL, GROUND_TRUTH
 from recipes.stages import format_seconds, now
 
 if TYPE_CHECKING:
     from recipes.quickstart import Paths
-
-GROUND_TRUTH = "ground_truth"  # the system every WER ratio of the evaluation is relative to
-ALL = "all"  # the evaluation's group of every voice family together
 
 
 def write_report(paths: Paths, state: dict[str, Any], homes: dict[str, Path]) -> None:
