@@ -14,7 +14,6 @@ from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.evaluation import ALL, GROUND_TRUTH
 from recipes.stages import format_seconds, now
 
 if TYPE_CHECKING:
@@ -179,6 +178,8 @@ def _wer_ratio(row: dict[str, Any], truth: dict[str, Any] | None = None) -> str:
 
 
 def _systems(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    from app.evaluation import ALL, GROUND_TRUTH  # here: the quickstart starts without loading the app
+
     rows = []
     for group, systems in summary.items():
         if group == ALL and len(summary) == 2:  # a single voice family: "all" repeats its rows
