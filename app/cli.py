@@ -17,16 +17,17 @@ if TYPE_CHECKING:
 
 EPILOG = """\
 examples:
-  echo-tts prepare-data synthetic --out runs/quickstart/corpus
-  echo-tts synthesize --model runs/lm/model --prompt me.wav --text "Hello there." --out hello.wav
-  echo-tts synthesize --model runs/lm/model --prompt me.wav --prompt-text "What I say in me.wav." \\
+  echo-tts synthesize --text "Hello there." --out hello.wav            # the bundled model and voice
+  echo-tts voices                                                       # the bundled voices
+  echo-tts synthesize --voice NAME --text "Hello there." --out hello.wav
+  echo-tts synthesize --prompt me.wav --prompt-text "What I say in me.wav." \\
       --text-file story.txt --best-of 4 --out story.wav
-  echo-tts voice --model runs/lm/model --prompt me.wav --out me.voice
-  echo-tts synthesize --model runs/lm/model --voice me.voice --text "Hello again." --out again.wav
-  echo-tts synthesize --model runs/lm/model --voice me.voice --text "Hello again." --stream --out - \\
-      | aplay -f S16_LE -r 16000 -c 1
-  echo-tts demo --model runs/lm/model --port 7860
-  echo-tts serve --model runs/lm/model --port 8000 --voices-dir voices
+  echo-tts voice --prompt me.wav --out me.voice
+  echo-tts synthesize --voice me.voice --text "Hello again." --stream --out - | aplay -f S16_LE -r 16000 -c 1
+  echo-tts synthesize --model runs/quickstart/model --prompt me.wav --text "Hello there." --out hello.wav
+  echo-tts prepare-data synthetic --out runs/quickstart/corpus
+  echo-tts demo --port 7860
+  echo-tts serve --port 8000 --voices-dir voices
 
 Run `echo-tts COMMAND --help` for a command's options.
 """
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Speak --text (or --text-file) in the voice of --prompt (3-10 s of speech) or of a --voice "
                     "preset, and write the audio to --out (.wav, .flac or .ogg; - for raw 16-bit PCM on stdout).",
         epilog="examples:\n"
-               '  echo-tts synthesize --model runs/lm/model --prompt me.wav --text "Hello there." --out hello.wav\n'
+               '  echo-tts synthesize --text "Hello there." --out hello.wav     # the bundled model and voice\n'
+               '  echo-tts synthesize --prompt me.wav --text "Hello there." --out hello.wav\n'
                '  echo-tts synthesize --model runs/lm/model --voice me.voice --text "Hi." --stream --out - \\\n'
                "      | aplay -f S16_LE -r 16000 -c 1      # -r: the model's sample rate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Clean and encode --prompt once and save it as a voice preset (a small safetensors file) "
                     "for `echo-tts synthesize --voice`.",
         epilog="example:\n"
-               '  echo-tts voice --model runs/lm/model --prompt me.wav --prompt-text "What I say." --out me.voice',
+               '  echo-tts voice --prompt me.wav --prompt-text "What I say." --out me.voice',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_arguments(voice)
@@ -107,14 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     voice.add_argument("--out", type=Path, required=True, help="where to write the preset (e.g. me.voice)")
     voice.set_defaults(handler=run_voice)
 
+    voices = commands.add_parser(
+        "voices",
+        help="list the voices bundled with Echo",
+        description="List the voice presets bundled with Echo, for `echo-tts synthesize --voice NAME` (with the "
+                    "bundled model).",
+    )
+    voices.set_defaults(handler=run_voices)
+
     _passthrough(commands, "demo", run_demo, "start the web demo (Gradio)",
                  "Start the Gradio demo; its options are app.demo's (run `echo-tts demo --help`).",
-                 "--model DIR [--host 127.0.0.1 --port 7860 --share false]",
-                 "echo-tts demo --model runs/lm/model --host 127.0.0.1 --port 7860 --share false")
+                 "[--model DIR --host 127.0.0.1 --port 7860 --share false]",
+                 "echo-tts demo --host 127.0.0.1 --port 7860 --share false")
     _passthrough(commands, "serve", run_serve, "serve an OpenAI-style speech API over HTTP (FastAPI)",
                  "Serve an exported model over HTTP; its options are app.server's (run `echo-tts serve --help`).",
-                 "--model DIR [--host 127.0.0.1 --port 8000 --api-key KEY --voices-dir DIR --max-queue N]",
-                 "echo-tts serve --model runs/lm/model --host 127.0.0.1 --port 8000")
+                 "[--model DIR --host 127.0.0.1 --port 8000 --api-key KEY --voices-dir DIR --max-queue N]",
+                 "echo-tts serve --host 127.0.0.1 --port 8000")
     return parser
 
 
@@ -128,16 +138,18 @@ def _passthrough(commands, name: str, handler, summary: str, description: str, u
 
 def add_serving_arguments(parser: argparse.ArgumentParser, default_host: str, default_port: int) -> None:
     """--model, --host and --port, as the demo and the server take them."""
-    parser.add_argument("--model", type=Path, required=True, metavar="DIR",
-                        help="an exported model directory (codec/, ar/, nar/, text/)")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="an exported model directory (codec/, ar/, nar/, text/) or a hub id (default: the "
+                             "model bundled with Echo)")
     parser.add_argument("--host", default=default_host,
                         help=f"address to serve on (default {default_host}: this machine only; 0.0.0.0: the network)")
     parser.add_argument("--port", type=int, default=default_port, help=f"port to serve on (default {default_port})")
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True,
-                        help="an exported model directory (codec/, ar/, nar/, text/)")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="an exported model directory (codec/, ar/, nar/, text/) or a hub id (default: the "
+                             "model bundled with Echo)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--asr", default=None,
                         help="a Whisper directory or hub id: transcribes prompts given without --prompt-text")
@@ -145,9 +157,12 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _voice_arguments(parser: argparse.ArgumentParser, preset: bool) -> None:
     if preset:
-        group = parser.add_mutually_exclusive_group(required=True)
+        group = parser.add_mutually_exclusive_group()
         group.add_argument("--prompt", type=Path, help="a recording of the voice to clone: 3-10 s of clear speech")
-        group.add_argument("--voice", type=Path, help="a voice preset saved by `echo-tts voice`")
+        group.add_argument("--voice", metavar="PRESET|NAME",
+                           help="a voice preset saved by `echo-tts voice`, or the name of a bundled voice (`echo-tts "
+                                "voices` lists them); with neither --prompt nor --voice the bundled model's default "
+                                "voice speaks")
     else:
         parser.add_argument("--prompt", type=Path, required=True,
                             help="a recording of the voice to clone: 3-10 s of clear speech")
@@ -165,7 +180,7 @@ def run_synthesize(args: argparse.Namespace) -> Path | None:
     from app.tts import DEFAULT_SAMPLING
     from lm.sampling import SamplingConfig
 
-    if args.prompt_text is not None and args.voice is not None:
+    if args.prompt_text is not None and args.prompt is None:
         raise CommandError("--prompt-text goes with --prompt; a --voice preset carries its own transcript")
     if args.stream and args.best_of != 1:
         raise CommandError("--stream speaks one candidate per sentence (choosing the best of several needs them all "
@@ -180,6 +195,9 @@ def run_synthesize(args: argparse.Namespace) -> Path | None:
     given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
     sampling = SamplingConfig(**{**vars(DEFAULT_SAMPLING), **{k: v for k, v in given.items() if v is not None}})
     tts = _load(args)
+    if args.prompt is None and args.voice is None and tts.default_voice is None:
+        raise CommandError(f"the model {args.model} has no default voice: give a recording to clone (--prompt "
+                           "VOICE.wav) or a voice preset (--voice PRESET)")
     if args.stream:
         return _stream(tts, text, sampling, args)
     wav, sample_rate = tts.synthesize(text, args.prompt, args.prompt_text, voice=args.voice, seed=args.seed,
@@ -238,6 +256,27 @@ def _write_stdout(data: bytes) -> None:
         with contextlib.suppress(OSError, ValueError):  # no second BrokenPipeError when Python flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise CommandError("stdout was closed by its reader before the audio ended") from None
+
+
+def run_voices(args: argparse.Namespace) -> list[str]:
+    from app.bundled import bundled_voices, read_card
+    from app.voice import load_voice
+
+    voices, card = bundled_voices(), read_card()
+    if not voices:
+        raise CommandError("this installation of Echo has no bundled voices; make a preset with: echo-tts voice "
+                           "--prompt VOICE.wav --out PRESET.voice")
+    described = card.get("voices", {})
+    print("bundled voices (echo-tts synthesize --voice NAME):")
+    width = max(len(name) for name in voices)
+    for name, path in voices.items():
+        voice = load_voice(path)
+        default = " (default)" if name == card.get("default_voice") else ""
+        about = described.get(name, {}).get("description", voice.source)
+        print(f"  {name:<{width}}  {voice.duration:4.1f} s  {about}{default}")
+        if voice.prompt_text:
+            print(f"  {'':<{width}}  says: {voice.prompt_text}")
+    return list(voices)
 
 
 def run_voice(args: argparse.Namespace) -> Path:

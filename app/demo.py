@@ -1,6 +1,7 @@
 """The web demo: clone a voice from a few seconds of speech, in the browser (Gradio).
 
-    echo-tts demo --model runs/lm/model                       # serves http://127.0.0.1:7860
+    echo-tts demo                                             # the bundled model, http://127.0.0.1:7860
+    echo-tts demo --model runs/lm/model                       # a model you trained
     python -m app.demo --model runs/lm/model --port 8000 --share     # --share: a public gradio.live link too
 
 `build_demo(tts)` builds the page around a loaded `TTS` and returns the `gr.Blocks`, queued so
@@ -104,6 +105,9 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
                                       label="Voice prompt: 3-10 s of clear speech (wav, flac, ogg or mp3)")
                 prompt_text = gr.Textbox(label="What the prompt says (optional)", lines=2,
                                          placeholder="The words spoken in the recording, if you know them")
+                voices = _bundled_voice_names(tts)
+                voice = gr.Dropdown(choices=voices, value=voices[0] if voices else None, visible=bool(voices),
+                                    label="Or a voice bundled with Echo (speaks when no prompt is given)")
                 text = gr.Textbox(label="Text to speak", lines=4, placeholder="Type a sentence or two")
                 language = gr.Dropdown(choices=languages, value="en-us" if "en-us" in languages else languages[0],
                                        label="Language of the text", visible=len(languages) > 1)
@@ -140,22 +144,24 @@ def build_demo(tts: "TTS", *, examples: bool = True, queue_size: int = QUEUE_SIZ
             _add_examples(demo, prompt_wav, prompt_text, text)
 
         def synthesize(prompt_wav: str | None, prompt_text: str, text: str, language: str, temperature: float,
-                       top_k: float, top_p: float, cfg_scale: float, seed: float, best_of: float, rerank: list[str]):
+                       top_k: float, top_p: float, cfg_scale: float, seed: float, best_of: float, rerank: list[str],
+                       voice: str | None = None):
             with _page_errors(prompt_wav):
                 return _synthesize(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p,
-                                   cfg_scale, seed, best_of, rerank)
+                                   cfg_scale, seed, best_of, rerank, voice=voice)
 
         def stream(prompt_wav: str | None, prompt_text: str, text: str, language: str, temperature: float,
-                   top_k: float, top_p: float, cfg_scale: float, seed: float):
+                   top_k: float, top_p: float, cfg_scale: float, seed: float, voice: str | None = None):
             with _page_errors(prompt_wav):
                 yield from _stream(tts, prompt_wav, prompt_text, text, language, temperature, top_k, top_p, cfg_scale,
-                                   seed)
+                                   seed, voice=voice)
 
         form = [prompt_wav, prompt_text, text, language, temperature, top_k, top_p, cfg_scale, seed]
-        button.click(synthesize, inputs=[*form, best_of, rerank], outputs=[audio, spectrogram, info],
+        bundled_voice = [voice] if voices else []  # only the bundled model's endpoints take a voice name
+        button.click(synthesize, inputs=[*form, best_of, rerank, *bundled_voice], outputs=[audio, spectrogram, info],
                      api_name="synthesize")
         if streaming:
-            stream_button.click(stream, inputs=form, outputs=[streamed, info], api_name="stream")
+            stream_button.click(stream, inputs=[*form, *bundled_voice], outputs=[streamed, info], api_name="stream")
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
 
@@ -180,11 +186,13 @@ def _page_errors(prompt_wav: str | None) -> Iterator[None]:
 
 def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: str | None, language: str,
                 temperature: float, top_k: float, top_p: float, cfg_scale: float, seed: float | None, best_of: float,
-                rerank: Sequence[str] | None = ("logprob",)) -> tuple[tuple[int, np.ndarray], np.ndarray, str]:
-    """One request of the form -> ((sample_rate, int16 [T]), spectrogram RGB [H, W, 3], details)."""
+                rerank: Sequence[str] | None = ("logprob",), voice: str | None = None
+                ) -> tuple[tuple[int, np.ndarray], np.ndarray, str]:
+    """One request of the form -> ((sample_rate, int16 [T]), spectrogram RGB [H, W, 3], details).
+    Without a prompt, the bundled `voice` speaks."""
     from app.prompt import MAX_SECONDS
 
-    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p, cfg_scale)
+    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p, cfg_scale, voice)
     best_of = int(round(best_of))
     if not 1 <= best_of <= MAX_BEST_OF:
         raise ValueError(f"best of N must be between 1 and {MAX_BEST_OF}, got {best_of}")
@@ -192,7 +200,7 @@ def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, tex
     if not rerank:
         raise gr.Error("Tick at least one way to score the candidates (logprob scores them without listening).",
                        print_exception=False)
-    result = tts.generate(text, prompt_wav, (prompt_text or "").strip() or None, seed=int(seed or 0),
+    result = tts.generate(text, **_voice_inputs(prompt_wav, prompt_text, voice), seed=int(seed or 0),
                           sampling=sampling, best_of=best_of, language=language or "en-us",
                           scorers=",".join(rerank) if best_of > 1 else None)
     elapsed = time.perf_counter() - start
@@ -212,12 +220,13 @@ def _synthesize(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, tex
 
 
 def _stream(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: str | None, language: str,
-            temperature: float, top_k: float, top_p: float, cfg_scale: float, seed: float | None) -> Iterator[tuple]:
+            temperature: float, top_k: float, top_p: float, cfg_scale: float, seed: float | None,
+            voice: str | None = None) -> Iterator[tuple]:
     """One streamed request -> ((sample_rate, int16 chunk), details) per chunk, as `TTS.stream` writes them."""
-    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p, cfg_scale)
+    text, sampling = _checked_request(prompt_wav, text, temperature, top_k, top_p, cfg_scale, voice)
     start = time.perf_counter()
     first, samples = None, 0
-    for piece in tts.stream(text, prompt_wav, (prompt_text or "").strip() or None, seed=int(seed or 0),
+    for piece in tts.stream(text, **_voice_inputs(prompt_wav, prompt_text, voice), seed=int(seed or 0),
                             sampling=sampling, language=language or "en-us"):
         first = time.perf_counter() - start if first is None else first
         samples += len(piece)
@@ -229,8 +238,26 @@ def _stream(tts: "TTS", prompt_wav: str | None, prompt_text: str | None, text: s
                       f"{elapsed / max(duration, 1e-9):.2f}); first audio after {first:.2f} s")
 
 
+def _bundled_voice_names(tts: "TTS") -> list[str]:
+    """The bundled voices, the default first, when `tts` is the bundled model (they fit no other)."""
+    from app.bundled import bundled_voices
+
+    if tts.default_voice is None:
+        return []
+    names = list(bundled_voices())
+    default = Path(tts.default_voice).stem
+    return sorted(names, key=lambda name: name != default)
+
+
+def _voice_inputs(prompt_wav: str | None, prompt_text: str | None, voice: str | None) -> dict[str, str | None]:
+    """The voice arguments of a TTS call: the uploaded prompt when there is one, else the bundled voice."""
+    if prompt_wav:
+        return {"prompt_wav": prompt_wav, "prompt_text": (prompt_text or "").strip() or None}
+    return {"voice": voice}
+
+
 def _checked_request(prompt_wav: str | None, text: str | None, temperature: float, top_k: float,
-                     top_p: float, cfg_scale: float) -> tuple[str, "SamplingConfig"]:
+                     top_p: float, cfg_scale: float, voice: str | None = None) -> tuple[str, "SamplingConfig"]:
     """The form's text and sampling settings, or a gr.Error that says what to fix."""
     from lm.sampling import SamplingConfig
 
@@ -241,7 +268,7 @@ def _checked_request(prompt_wav: str | None, text: str | None, temperature: floa
         raise gr.Error(f"The text is {len(text)} characters long; the demo speaks up to {MAX_TEXT_CHARS} at a "
                        "time. Shorten it, or use `echo-tts synthesize --text-file` for long texts.",
                        print_exception=False)
-    if not prompt_wav:
+    if not prompt_wav and not voice:
         raise gr.Error("Upload or record a voice prompt first: 3-10 s of one person speaking clearly.",
                        print_exception=False)
     return text, SamplingConfig(temperature=float(temperature), top_k=int(round(top_k)), top_p=float(top_p),
@@ -340,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echo-tts demo",
         description="Serve the Echo voice-cloning demo (Gradio) for an exported model.",
-        epilog="example:\n  echo-tts demo --model runs/lm/model --port 7860",
+        epilog="examples:\n  echo-tts demo --port 7860                     # the bundled model\n"
+               "  echo-tts demo --model runs/lm/model --port 7860",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serving_arguments(parser, DEFAULT_HOST, DEFAULT_PORT)

@@ -335,11 +335,15 @@ def describe_validation_error(error: RequestValidationError, path: str) -> tuple
 
 
 class VoiceStore:
-    """The voice presets of the server: NAME.voice files in one directory, loaded with the model's checks."""
+    """The voice presets of the server: NAME.voice files in one directory, loaded with the model's checks,
+    and, when it serves the bundled model, the bundled voices (which cannot be replaced or deleted)."""
 
     def __init__(self, directory: Path, tts: "TTS"):
+        from app.bundled import bundled_voices
+
         self.directory = Path(directory)
         self.tts = tts
+        self.bundled = bundled_voices() if tts.default_voice is not None else {}
 
     def path(self, name: str, param: str = "voice") -> Path:
         if not VOICE_NAME.fullmatch(name):
@@ -348,15 +352,17 @@ class VoiceStore:
         return self.directory / f"{name}{VOICE_SUFFIX}"
 
     def names(self) -> list[str]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(p.name[: -len(VOICE_SUFFIX)] for p in self.directory.glob(f"*{VOICE_SUFFIX}")
-                      if p.is_file() and VOICE_NAME.fullmatch(p.name[: -len(VOICE_SUFFIX)]))
+        own = [] if not self.directory.is_dir() else [
+            p.name[: -len(VOICE_SUFFIX)] for p in self.directory.glob(f"*{VOICE_SUFFIX}")
+            if p.is_file() and VOICE_NAME.fullmatch(p.name[: -len(VOICE_SUFFIX)])]
+        return sorted({*own, *self.bundled})
 
     def load(self, name: str) -> "Voice":
         from app.voice import VoiceError
 
         path = self.path(name)
+        if not path.is_file() and name in self.bundled:
+            path = self.bundled[name]
         if not path.is_file():
             names = self.names()
             have = f"the voices are: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}" if names \
@@ -377,12 +383,14 @@ class VoiceStore:
 
     def save(self, name: str, voice: "Voice") -> Path:
         path = self.path(name, param="name")
-        if path.exists():
+        if path.exists() or name in self.bundled:
             raise conflict(name)
         return voice.save(path)
 
     def delete(self, name: str) -> None:
         path = self.path(name, param="name")
+        if not path.exists() and name in self.bundled:
+            raise APIError(400, f"{name!r} is a voice bundled with Echo and cannot be deleted", param="name")
         try:
             path.unlink()
         except FileNotFoundError:
@@ -704,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an exported model over HTTP: an OpenAI-style POST /v1/audio/speech, voice presets at "
                     "/v1/voices, GET /health; the API is described at /docs once it runs.",
         epilog="examples:\n"
-               "  echo-tts serve --model runs/lm/model                    # http://127.0.0.1:8000\n"
+               "  echo-tts serve                                          # the bundled model, http://127.0.0.1:8000\n"
                "  ECHO_API_KEY=secret echo-tts serve --model runs/lm/model --host 0.0.0.0 --port 8000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from app import bundled
 from app.chunking import MAX_CHARS, Chunk, split_text
 from app.prompt import prepare_prompt
 from app.scoring import Candidate, Scorer, asr_scorer, logprob_scorer, pick_best, scorers_by_name
@@ -105,8 +106,12 @@ class TTS:
     """The codec, the two language models and the text front-end of one exported model."""
 
     def __init__(self, codec: Codec, ar: ARModel, nar: NARModel, frontend: TextFrontend, *,
-                 asr: Any = None, scorers: Sequence[Scorer] | None = None, device: str | torch.device = "cpu"):
+                 asr: Any = None, scorers: Sequence[Scorer] | None = None, device: str | torch.device = "cpu",
+                 default_voice: str | Path | None = None):
+        """default_voice: the preset that speaks when a call gives neither a prompt nor a voice (the
+        bundled model's own; None: such a call is an error)."""
         self.device = torch.device(device)
+        self.default_voice = default_voice
         self.codec = codec.to(self.device).eval()
         self.ar = ar.to(self.device).eval()
         self.nar = nar.to(self.device).eval()
@@ -119,15 +124,21 @@ class TTS:
         self._named_scorers: dict[tuple[str, str], list[Scorer]] = {}  # "asr,speaker" -> loaded once
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | Path, device: str | torch.device = "cpu", *,
+    def from_pretrained(cls, path_or_hub_id: str | Path | None = None, device: str | torch.device = "cpu", *,
                         codec: str | Path | None = None, asr: Any = None) -> "TTS":
-        """Load a model directory (codec/, ar/, nar/, text/ as recipes/train_lm.py exports it) or a hub id.
+        """Load a model directory (codec/, ar/, nar/, text/ as recipes/train_lm.py exports it) or a hub id;
+        None loads the model bundled with Echo (app/bundled.py), whose default voice then speaks
+        when a call gives no prompt.
 
         codec: another codec directory or hub id (e.g. facebook/encodec_24khz) instead of
             the model's codec/; it must be the one the models were trained on.
         asr: a Whisper directory or hub id (or a loaded app.asr.WhisperASR): it transcribes
             prompts given without prompt_text, and scores best-of-N candidates.
         """
+        default_voice = None
+        if path_or_hub_id is None:
+            path_or_hub_id = bundled.default_model_dir()
+            default_voice = bundled.default_voice() if codec is None else None
         model_dir = resolve_pretrained(path_or_hub_id, [f"{part}/*" for part in MODEL_PARTS], what="model",
                                        hint="recipes/train_lm.py exports one into <run_dir>/model (pass --codec "
                                             "CODEC_DIR to include the codec)")
@@ -149,7 +160,7 @@ class TTS:
             from app.asr import WhisperASR
 
             asr = WhisperASR.from_pretrained(asr, device=device)
-        return cls(codec_model, ar, nar, frontend, asr=asr, device=device)
+        return cls(codec_model, ar, nar, frontend, asr=asr, device=device, default_voice=default_voice)
 
     @property
     def sample_rate(self) -> int:
@@ -193,9 +204,10 @@ class TTS:
                      prompt_ids=prompt_ids, text_vocab=self.text_vocab if prompt_ids is not None else None,
                      source=prompt.source, metadata={"original_duration": round(prompt.original_duration, 3)})
 
-    def load_voice(self, path: str | Path) -> Voice:
-        """A preset saved by `Voice.save`, checked against this model's codec."""
-        return load_voice(path, expect_codec=self.codec.identity)
+    def load_voice(self, name_or_path: str | Path) -> Voice:
+        """A preset saved by `Voice.save` (a file, or the name of a bundled voice), checked against this
+        model's codec."""
+        return load_voice(bundled.find_voice(name_or_path), expect_codec=self.codec.identity)
 
     def _prompt_ids(self, prompt_text: str, language: str) -> list[int]:
         return self.frontend.encode(prompt_text, language, add_bos_eos=False)[1:]  # without the language tag
@@ -410,6 +422,8 @@ class TTS:
             voice.check_codec(self.codec.identity)
             return voice
         if prompt_wav is None:
+            if prompt_text is None and self.default_voice is not None:
+                return self.load_voice(self.default_voice)
             raise ValueError("Echo clones a voice: give prompt_wav (a recording of 3-10 s) or a voice preset")
         return self.prepare_voice(prompt_wav, prompt_text, language)
 
@@ -592,20 +606,22 @@ _LOADED: dict[tuple[str, str], TTS] = {}
 _LOCK = threading.Lock()
 
 
-def load_tts(model: str | Path, device: str | torch.device = "cpu") -> TTS:
-    """`TTS.from_pretrained(model, device)`, loaded once per (directory, device) and kept."""
-    key = (str(Path(model).resolve()), str(torch.device(device)))
+def load_tts(model: str | Path | None = None, device: str | torch.device = "cpu") -> TTS:
+    """`TTS.from_pretrained(model, device)`, loaded once per (directory, device) and kept; None: the bundled model."""
+    key = (str(Path(model).resolve()) if model is not None else None, str(torch.device(device)))
     with _LOCK:
         if key not in _LOADED:
             _LOADED[key] = TTS.from_pretrained(model, device)
         return _LOADED[key]
 
 
-def synthesize(text: str, prompt_wav: Any = None, prompt_text: str | None = None, *, model: str | Path | TTS,
-               voice: Voice | str | Path | None = None, seed: int = 0, sampling: SamplingConfig = DEFAULT_SAMPLING,
-               best_of: int = 1, language: str = "en-us", device: str | torch.device = "cpu") -> tuple[np.ndarray, int]:
-    """One call: speak `text` in the voice of `prompt_wav` with the model directory `model`
-    (loaded once, then reused) -> (float32 [T], sample_rate). See `TTS.synthesize`."""
+def synthesize(text: str, prompt_wav: Any = None, prompt_text: str | None = None, *,
+               model: str | Path | TTS | None = None, voice: Voice | str | Path | None = None, seed: int = 0,
+               sampling: SamplingConfig = DEFAULT_SAMPLING, best_of: int = 1, language: str = "en-us",
+               device: str | torch.device = "cpu") -> tuple[np.ndarray, int]:
+    """One call: speak `text` in the voice of `prompt_wav` (or of a `voice` preset: a file or a bundled
+    voice's name) with the model directory `model` (loaded once, then reused; None: the bundled model,
+    whose default voice speaks when no prompt is given) -> (float32 [T], sample_rate). See `TTS.synthesize`."""
     tts = model if isinstance(model, TTS) else load_tts(model, device)
     return tts.synthesize(text, prompt_wav, prompt_text, voice=voice, seed=seed, sampling=sampling,
                           best_of=best_of, language=language)

@@ -39,10 +39,11 @@ def test_help_lists_every_command_with_examples(capsys):
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("prepare-data", "synthesize", "voice", "demo", "serve"):
+    for command in ("prepare-data", "synthesize", "voice", "voices", "demo", "serve"):
         assert command in out
-    assert "examples:" in out and "echo-tts synthesize --model runs/lm/model --prompt me.wav" in out
-    assert "echo-tts serve --model runs/lm/model" in out and "--stream --out - \\\n      | aplay" in out
+    assert "examples:" in out and 'echo-tts synthesize --text "Hello there." --out hello.wav' in out
+    assert "echo-tts synthesize --model runs/quickstart/model --prompt me.wav" in out
+    assert "echo-tts serve --port 8000" in out and "--stream --out - | aplay" in out
 
 
 def test_synthesize_writes_a_wav(files, capsys):
