@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "description": ", ".join(str(about[k]) for k in ("engine", "voice", "gender", "accent") if k in about),
             }
 
+    shutil.rmtree(out / "voices", ignore_errors=True)  # the voices of a model bundled before go with it
     write_directory(out / "voices", write_voices, marker=f"{args.default}{bundled.VOICE_SUFFIX}")
     precision = compare_precisions(full, half, out / "voices" / f"{args.default}{bundled.VOICE_SUFFIX}")
     run_state = args.run / "quickstart.json" if args.run is not None else None
