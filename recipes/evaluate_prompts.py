@@ -28,7 +28,7 @@ from app.meters import ErrorCount, load_asr, load_speaker, word_errors
 from app.prompt import prepare_prompt
 from app.tts import TTS
 
-SENTENCES = (  # held-out sentences of the built-in corpus (its test split), as tests/test_shipped_model.py reads
+SENTENCES = (  # held-out sentences of the built-in corpus (its test split); tests/test_shipped_model.py reads them
     "There are 73 pancakes in the old mill.",
     "At dawn, his roommate hesitated proudly.",
     "The scientist said that the candle was dark.",
