@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-SENTENCE = "The children found a tiny kite near the bridge."  # about 3 s of speech
+SENTENCE = "We waited almost twenty minutes for the bus, and then two of them came at once."  # about 3 s
 
 
 def child(model: str | None, prompt: str | None, threads: int) -> dict[str, float]:
