@@ -138,18 +138,21 @@ def _passthrough(commands, name: str, handler, summary: str, description: str, u
 
 def add_serving_arguments(parser: argparse.ArgumentParser, default_host: str, default_port: int) -> None:
     """--model, --host and --port, as the demo and the server take them."""
-    parser.add_argument("--model", default=None, metavar="DIR",
-                        help="an exported model directory (codec/, ar/, nar/, text/) or a hub id (default: the "
-                             "model bundled with Echo)")
+    add_model_argument(parser)
     parser.add_argument("--host", default=default_host,
                         help=f"address to serve on (default {default_host}: this machine only; 0.0.0.0: the network)")
     parser.add_argument("--port", type=int, default=default_port, help=f"port to serve on (default {default_port})")
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--model: a model directory or hub id; without it, the bundled model."""
     parser.add_argument("--model", default=None, metavar="DIR",
                         help="an exported model directory (codec/, ar/, nar/, text/) or a hub id (default: the "
                              "model bundled with Echo)")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--asr", default=None,
                         help="a Whisper directory or hub id: transcribes prompts given without --prompt-text")
