@@ -1,3 +1,5 @@
+import gc
+import subprocess
 import sys
 import types
 
@@ -6,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from app.audio_formats import ProgressiveAudioFile
-from app.cli import main
+from app.cli import main, run
 from conftest import PROMPT_TEXT, SR, TEXT, build_tiny_model
 from test_prompt import speech_like
 
@@ -44,6 +46,29 @@ def test_help_lists_every_command_with_examples(capsys):
     assert "examples:" in out and 'echo-tts synthesize --text "Hello there." --out hello.wav' in out
     assert "echo-tts synthesize --model runs/quickstart/model --prompt me.wav" in out
     assert "echo-tts serve --port 8000" in out and "--stream --out - | aplay" in out
+
+
+def test_help_needs_no_torch():
+    """The console script parses its command line before it imports torch: --help answers at once."""
+    code = ("import sys, app.cli\nsys.argv = ['echo-tts', '--help']\ntry:\n    app.cli.run()\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.strip() == "False" and "usage: echo-tts" in done.stdout
+
+
+def test_the_console_script_speaks_as_main_does(files, monkeypatch, capsys):
+    """`echo-tts` (app.cli.run: torch imported with the collector paused, objects frozen at the end)
+    writes main's audio and leaves the collector on."""
+    root, model, prompt = files
+    argv = ["synthesize", "--model", str(model), "--prompt", str(prompt), "--text", TEXT, "--seed", "3"]
+    main([*argv, "--out", str(root / "main.wav")])
+    monkeypatch.setattr(sys, "argv", ["echo-tts", *argv, "--out", str(root / "run.wav")])
+    try:
+        run()
+    finally:
+        gc.unfreeze()
+    assert gc.isenabled()
+    np.testing.assert_array_equal(sf.read(root / "run.wav")[0], sf.read(root / "main.wav")[0])
 
 
 def test_synthesize_writes_a_wav(files, capsys):
