@@ -9,8 +9,8 @@ Two kinds of run alternate:
 
 - the command itself, `python -m app.cli synthesize --text SENTENCE --out OUT.wav` (what the
   `echo-tts` script runs): its wall time, from starting the interpreter to its exit;
-- the same command in a process that also times its parts, with the same start and exit
-  (`app.cli.parse`, `import_torch_quickly`, `handle`):
+- the same command in a process that also times its parts, with the same start and end
+  (`app.cli.parse`, `import_torch_quickly`, `handle`, `exit_quickly`):
   - import: the interpreter's start up to `app.tts` imported (torch, the models' code);
   - load: `TTS.from_pretrained`, reading the weights;
   - voice: loading the voice preset, or cleaning and encoding `--prompt`;
@@ -97,6 +97,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(child(args.child)))
+        from app.cli import exit_quickly
+
+        exit_quickly()  # as `echo-tts` ends
         return
 
     import soundfile
