@@ -186,12 +186,13 @@ class ARModel(PretrainedLM):
 
     def _encode(self, text: torch.Tensor, text_lengths: torch.Tensor, prompt: torch.Tensor,
                 prompt_lengths: torch.Tensor, target: torch.Tensor, target_lengths: torch.Tensor,
-                cache: KVCache | None = None, text_index: torch.Tensor | None = None) -> torch.Tensor:
-        """The same inputs as `_inputs` -> hidden [B, N + P + T', D]."""
+                cache: KVCache | None = None, text_index: torch.Tensor | None = None,
+                keep: slice | None = None) -> torch.Tensor:
+        """The same inputs as `_inputs` -> hidden [B, N + P + T', D], or of the `keep` positions only."""
         x, layout, mask = self._inputs(text, text_lengths, prompt, prompt_lengths, target, target_lengths, text_index)
         if cache is not None:
             cache.valid = torch.cat([cache.valid, layout.valid], 1)
-        return self.transformer(self.dropout(x), mask, cache=cache)
+        return self.transformer(self.dropout(x), mask, cache=cache, keep=keep)
 
     def _check(self, text, text_lengths, prompt, prompt_lengths, codes=None, code_lengths=None) -> None:
         check_batch(text_vocab_size=self.config.text_vocab_size, codebook_size=self.config.codebook_size,
@@ -219,8 +220,8 @@ class ARModel(PretrainedLM):
         target1 = codes[:, 0].long()  # [B, T]
         inputs = torch.cat([self._bos(B, codes.device), target1], 1)  # [B, T + 1]
         h = self._encode(text.long(), text_lengths, _codebook1(prompt), prompt_lengths, inputs, code_lengths + 1,
-                         text_index=text_index)
-        logits = self.head(h[:, N + P:])  # [B, T + 1, C + 1]
+                         text_index=text_index, keep=slice(N + P, None))  # [B, T + 1, D]: the target block
+        logits = self.head(h)  # [B, T + 1, C + 1]
         labels = torch.full((B, T + 1), IGNORE, dtype=torch.long, device=codes.device)
         labels[:, :T] = target1.masked_fill(~real, IGNORE)
         labels[torch.arange(B, device=codes.device), code_lengths] = self.config.eos_id
@@ -228,7 +229,7 @@ class ARModel(PretrainedLM):
         if not self.config.duration_guided:
             return AROutput(**vars(out))
         # position t (frame t) predicts whether frame t + 1 speaks the next token (or the end, after the last frame)
-        advance_logits = self.advance_head(h[:, N + P : N + P + T])[..., 0].float()  # [B, T]
+        advance_logits = self.advance_head(h[:, :T])[..., 0].float()  # [B, T]
         advance = (text_index[:, 1:] > text_index[:, :-1]).float()  # [B, T]
         advance_loss = F.binary_cross_entropy_with_logits(advance_logits[real], advance[real])
         accuracy = ((advance_logits[real] > 0).float() == advance[real]).float().mean()
@@ -297,7 +298,8 @@ class ARModel(PretrainedLM):
             cache.text = text.long().masked_fill(~frame_mask(text_lengths, text.shape[1]), self.config.text_pad_id)
         h = self._encode(text.long(), text_lengths, _codebook1(prompt), prompt_lengths, self._bos(B, text.device),
                          torch.ones_like(prompt_lengths), cache,
-                         text_index=cache.text_index[:, None] if self.config.duration_guided else None)
+                         text_index=cache.text_index[:, None] if self.config.duration_guided else None,
+                         keep=slice(-1, None))  # [B, 1, D]: BOS, which writes the first frame
         self._note_advance(cache, h[:, -1])
         return self.head(h[:, -1]), cache  # [B, C + 1]
 

@@ -119,7 +119,7 @@ class NARModel(PretrainedLM):
             audio * scale + self.audio_positions(layout.positions[:, N:]),
         ], 1)  # [B, L, D]
         h = self.transformer(self.dropout(x), layout.attention_mask(causal_audio=False),
-                             cond=self.stage_embedding(stage - 2))[:, N + P:]  # [B, T, D]
+                             cond=self.stage_embedding(stage - 2), keep=slice(N + P, None))  # [B, T, D]
         logits = h.new_empty(B, T, self.config.codebook_size)
         for j in stage.unique().tolist():
             items = stage == j

@@ -4,6 +4,7 @@
     h = transformer(x, mask)                           # x [B, L, D], mask [B, 1, L, L] -> h [B, L, D]
     h = transformer(x, mask, cond=stage_embedding)     # adaptive layer norm (the NAR's stage j)
     h = transformer(x_new, mask, cache=cache)          # incremental: mask [B, 1, L_new, S_cached + L_new]
+    h = transformer(x, mask, keep=slice(N, None))      # only the positions read: h [B, L - N, D]
 
 Masks are boolean, True where a query may attend to a key. Every row must allow at least one
 key (softmax over no key is NaN); the models let every position see itself.
@@ -128,16 +129,20 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        """x [B, L, D], mask [B, 1, L, S] (S = cached + L) -> [B, L, D]."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: LayerCache | None = None,
+                keep: slice | None = None) -> torch.Tensor:
+        """x [B, L, D], mask [B, 1, L, S] (S = cached + L) -> [B, L, D]; with `keep`, only those
+        queries: [B, L', D] (every position is still a key)."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # [B, H, L, Dh] each
         if cache is not None:
             k, v = cache.append(k, v)  # [B, H, S, Dh]
+        if keep is not None:
+            q, mask = q[:, :, keep], mask[:, :, keep]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # [B, H, L, Dh]
-        return self.out(y.transpose(1, 2).reshape(B, L, D))
+        )  # [B, H, L', Dh]
+        return self.out(y.transpose(1, 2).reshape(B, q.shape[2], D))
 
     def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The attention probabilities `forward` uses (no dropout): x [B, L, D], mask [B, 1, L, L] -> [B, H, L, L]."""
@@ -210,8 +215,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None,
-                cache: LayerCache | None = None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x, cond), mask, cache))
+                cache: LayerCache | None = None, keep: slice | None = None) -> torch.Tensor:
+        attended = self.attention(self.attention_norm(x, cond), mask, cache, keep)
+        x = (x if keep is None else x[:, keep]) + self.dropout(attended)
         return x + self.dropout(self.ffn(self.ffn_norm(x, cond)))
 
 
@@ -225,17 +231,23 @@ class Transformer(nn.Module):
         self.norm = Norm(d_model, adaptive)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, keep: slice | None = None) -> torch.Tensor:
         """x [B, L, D], mask [B, 1, L, S] bool, cond [B, D] (adaptive only) -> [B, L, D].
 
         With a cache, x holds the new positions only; their keys and values are appended to the
         cache and `mask` covers the cached positions followed by the new ones. The caller keeps
         `cache.valid` up to date.
+
+        keep: the positions whose output the caller reads (e.g. the NAR's target frames); the last
+        block computes only those (its queries, residual and feed-forward; every position stays a
+        key and in the cache), and the output is [B, L', D]. The same values as slicing the full
+        output, for a fraction of the last block's work.
         """
         if cache is not None and len(cache.layers) != len(self.blocks):
             raise ValueError(f"the cache has {len(cache.layers)} layers, the transformer {len(self.blocks)}")
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, cond, cache.layers[i] if cache is not None else None)
+            x = block(x, mask, cond, cache.layers[i] if cache is not None else None, keep if i == last else None)
         return self.norm(x, cond)
 
     @torch.no_grad()

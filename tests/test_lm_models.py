@@ -10,6 +10,7 @@ from lm.layout import Layout
 from lm.losses import IGNORE
 from lm.nar import NARConfig, NARModel
 from lm.pretrained import text_vocab_identity
+from lm.transformer import Transformer
 
 V, C, K = 24, 16, 4  # text vocabulary, codebook entries, codebooks
 CODEC = CodecIdentity(name="echo", config_hash="0123456789abcdef", sample_rate=16000, frame_rate=50.0,
@@ -197,6 +198,19 @@ def test_loss_falls_on_a_fixed_batch(model_fn):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_keep_computes_only_the_positions_read(adaptive):
+    """`keep` (the NAR's target frames, the AR's BOS at prefill) gives the full output's rows."""
+    torch.manual_seed(0)
+    net = Transformer(32, 4, 3, 64, adaptive=adaptive).eval()
+    x = torch.randn(2, 11, 32)
+    mask = (torch.rand(2, 1, 11, 11) < 0.7) | torch.eye(11, dtype=torch.bool)
+    cond = torch.randn(2, 32) if adaptive else None
+    full = net(x, mask, cond)
+    for keep in (slice(7, None), slice(-1, None), slice(2, 5)):
+        torch.testing.assert_close(net(x, mask, cond, keep=keep), full[:, keep], rtol=1e-5, atol=1e-5)
 
 
 # -- the KV cache ----------------------------------------------------------------------------------
