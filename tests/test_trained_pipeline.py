@@ -36,7 +36,7 @@ def test_a_trained_tiny_pipeline_speaks_for_a_plausible_time(tmp_path):
     common = ["--preset", "tiny", "--tokens", str(tmp_path / "tokens"), "--run_dir", str(tmp_path / "run"),
               "--codec", str(tmp_path / "codec"), "--val_every", "100000", "--checkpoint_every", "100000",
               "--log_every", "100", "--lr", "3e-3", "--prompt.mode", "speaker"]
-    train_lm.main([*common, "--stage", "ar", "--steps", "800"])
+    train_lm.main([*common, "--stage", "ar", "--steps", "400"])
     train_lm.main([*common, "--stage", "nar", "--steps", "50"])
 
     from app import TTS
