@@ -4,7 +4,8 @@
     python recipes/benchmark_cold_start.py --model runs/long/model --prompt me.wav --runs 5
 
 Each run is a fresh Python process (nothing imported, nothing loaded; the files are in the page
-cache after the first run, which is a warm-up and not counted), with `--threads` torch threads.
+cache and the compiled modules in `__pycache__` after the first run, which is a warm-up and not
+counted), with `--threads` torch threads.
 Two kinds of run alternate:
 
 - the command itself, `python -m app.cli synthesize --text SENTENCE --out OUT.wav` (what the
@@ -104,7 +105,10 @@ def main() -> None:
 
     import soundfile
 
-    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    # Python caches the compiled modules (__pycache__) on the first run, as it does on any machine where
+    # PYTHONDONTWRITEBYTECODE is not set (some sandboxes and containers set it; pip compiles them at install)
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    environment["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "cold.wav"
         argv = command(args.model, args.prompt, out)
