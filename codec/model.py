@@ -24,7 +24,7 @@ from codec.interface import Codec, CodecIdentity, config_hash
 from codec.istft import ISTFTDecoder, STFTEncoder
 from codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
 from codec.seanet import Decoder, Encoder
-from data.pretrained import config_from_dict, load_weights, read_config, resolve_pretrained, save_model
+from data.pretrained import config_from_dict, load_model, read_config, resolve_pretrained, save_model
 
 # What `to_dict` leaves out for each architecture: the other body's fields. A SEANet config (the
 # default) leaves out `architecture` too, so it writes exactly what it wrote before the istft
@@ -226,4 +226,5 @@ class EchoCodec(Codec):
     def from_pretrained(cls, path_or_hub_id: str | Path, device: str | torch.device = "cpu") -> "EchoCodec":
         """Load a directory written by `save_pretrained` (or a hub id), in eval mode."""
         directory = resolve_pretrained(path_or_hub_id, what="codec")
-        return load_weights(cls(read_config(directory, CodecConfig, loader=cls.__name__)), directory, device)
+        config = read_config(directory, CodecConfig, loader=cls.__name__)
+        return load_model(lambda: cls(config), directory, device)

@@ -1,7 +1,9 @@
 """Audio I/O: read any file soundfile reads, mix to mono, resample, trim, normalise, validate.
 
 Audio is read with soundfile (not `torchaudio.load`, which now needs torchcodec); torchaudio
-does the resampling and the loudness measurement. Waveforms are float32 tensors [1, T].
+does the resampling and the loudness measurement, imported where they run (speaking from a voice
+preset needs neither, and a cold start saves the 0.05 s of torchaudio's import). Waveforms are
+float32 tensors [1, T].
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 from data.pretrained import write_file
 
@@ -104,6 +105,8 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """Band-limited resampling (torchaudio's windowed sinc)."""
     if orig_sr == new_sr:
         return wav
+    import torchaudio.functional as AF
+
     return AF.resample(wav, orig_sr, new_sr)
 
 
@@ -137,6 +140,8 @@ def normalize_loudness(wav: torch.Tensor, sr: int, target_lufs: float = -23.0, p
     if wav.shape[-1] < int(0.4 * sr):  # BS.1770 gates on 400 ms blocks; shorter audio has no defined loudness
         measured = 20 * torch.log10(wav.pow(2).mean().sqrt().clamp_min(1e-10)) - 0.691
     else:
+        import torchaudio.functional as AF
+
         measured = AF.loudness(wav, sr)
     if not torch.isfinite(measured):
         return wav

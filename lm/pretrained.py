@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from codec.interface import CodecIdentity, config_hash
-from data.pretrained import config_from_dict, load_weights, read_config, resolve_pretrained, save_model
+from data.pretrained import config_from_dict, load_model, read_config, resolve_pretrained, save_model
 from lm.transformer import FFN_KINDS
 
 
@@ -143,4 +143,4 @@ class PretrainedLM(nn.Module):
                 f"the model in {directory} was trained with text vocabulary {config.text_vocab!r}, "
                 f"not {expect_text_vocab!r}; use the text front-end saved with the model"
             )
-        return load_weights(cls(config), directory, device)
+        return load_model(lambda: cls(config), directory, device)

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import data.pretrained as pretrained
-from data.pretrained import (CONFIG_FILE, WEIGHTS_FILE, config_from_dict, load_weights, read_config,
+from data.pretrained import (CONFIG_FILE, WEIGHTS_FILE, config_from_dict, load_model, load_weights, read_config,
                              replacing_file, resolve_pretrained, save_model, write_directory, write_file)
 
 
@@ -271,6 +271,25 @@ def test_read_config_names_the_file_and_the_loader(tmp_path):
     path.unlink()
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         read_config(tmp_path, ToyConfig, loader="Toy")
+
+
+def test_load_model_skips_the_random_draw_and_restores_the_initializers(tmp_path):
+    model = toy(depth=2)
+    save_model(tmp_path, model.config.to_dict(), model)
+    draws = []
+    original = nn.init.kaiming_uniform_
+    nn.init.kaiming_uniform_ = lambda tensor, *args, **kwargs: draws.append(tensor) or original(tensor, *args, **kwargs)
+    try:
+        loaded = load_model(lambda: Toy(ToyConfig(4, depth=2)), tmp_path)
+        assert draws == []  # nn.Linear's initializer never ran while building
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], tensor), name
+        with pytest.raises(ValueError, match="does not match its config"):
+            load_model(lambda: Toy(ToyConfig(4, depth=1)), tmp_path)
+        Toy(ToyConfig(4))  # after a load, and after a refused one, modules draw their weights again
+        assert len(draws) == 1
+    finally:
+        nn.init.kaiming_uniform_ = original
 
 
 def test_weights_must_match_the_config(tmp_path):
