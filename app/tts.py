@@ -61,7 +61,6 @@ from lm.generation import ARResult, generate_ar, generate_nar, iter_ar, length_l
 from lm.nar import NARModel
 from lm.pretrained import text_vocab_identity
 from lm.sampling import SamplingConfig
-from lm.transformer import use_half_precision_steps
 
 DEFAULT_SAMPLING = SamplingConfig(temperature=1.0, top_k=0, top_p=0.9)
 BATCH_SIZE = 16  # AR items (chunks x candidates), or NAR blocks, per batch
@@ -135,9 +134,6 @@ class TTS:
             the model's codec/; it must be the one the models were trained on.
         asr: a Whisper directory or hub id (or a loaded app.asr.WhisperASR): it transcribes
             prompts given without prompt_text, and scores best-of-N candidates.
-
-        On a CPU the AR's decoding steps multiply by float16 copies of its weights
-        (`lm.transformer.use_half_precision_steps`): a third faster, and the same tokens nearly always.
         """
         default_voice = None
         if path_or_hub_id is None:
@@ -160,8 +156,6 @@ class TTS:
                                      device=device)
         nar = NARModel.from_pretrained(model_dir / "nar", expect_codec=codec_model.identity, expect_text_vocab=vocab,
                                        device=device)
-        if torch.device(device).type == "cpu":
-            use_half_precision_steps(ar)  # a CPU's decoding steps wait on reading the weights (lm/transformer.py)
         if isinstance(asr, (str, Path)):
             from app.asr import WhisperASR
 

@@ -116,51 +116,6 @@ class KVCache:
         self.valid = self.valid[index]
 
 
-# -- decoding steps in half precision -----------------------------------------------------------
-
-
-class HalfStepLinear(nn.Linear):
-    """An nn.Linear that multiplies inputs of one position per item, [B, D] or [B, 1, D] (the AR's
-    decoding steps), by a float16 copy of its weights; longer inputs, and training, use the float32
-    weights. Build it with `use_half_precision_steps`.
-
-    On a CPU, a decoding step of a small model is bound by reading its weights from memory: the
-    bundled AR's linear layers take 2.3 ms per step in float32 and 1.1 ms in float16 for one item,
-    3.96 and 1.51 ms for the two rows of a guided item (README: how fast from a cold start). Without
-    float16 arithmetic (AVX2), torch's float16 product costs grow with the rows where float32's barely
-    do, so sequences keep float32. Torch's float16 product computes each row alone, whatever the other
-    rows; what reaches it from float32 layers can differ by 1e-7 between an item alone and in a padded
-    batch, which now and then moves a float16 rounding by one step (2^-10 relative, tests/test_generation.py).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or (x.dim() > 2 and x.shape[-2] != 1):
-            return super().forward(x)
-        return F.linear(x.to(torch.float16), self.weight_half, self.bias_half).to(x.dtype)
-
-
-def use_half_precision_steps(model: nn.Module) -> nn.Module:
-    """Turn every nn.Linear of `model` into a HalfStepLinear (in place; returns `model`), for inference.
-
-    Each keeps its float32 weights (the state dict does not change) and gets float16 copies of them as
-    buffers that are not saved: call this after the weights are loaded, and only on a model that will
-    not be trained or loaded into again, whose copies would go stale.
-    """
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
-                half = HalfStepLinear.__new__(HalfStepLinear)
-                nn.Module.__init__(half)
-                half.in_features, half.out_features = child.in_features, child.out_features
-                half.weight, half.bias = child.weight, child.bias
-                half.train(child.training)
-                half.register_buffer("weight_half", child.weight.detach().to(torch.float16), persistent=False)
-                half.register_buffer("bias_half", None if child.bias is None else child.bias.detach().to(torch.float16),
-                                     persistent=False)
-                setattr(module, name, half)
-    return model
-
-
 # -- the block ----------------------------------------------------------------------------------
 
 

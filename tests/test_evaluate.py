@@ -448,7 +448,7 @@ def _guided_model(tmp_path: Path, **changes) -> Path:
 
 
 def test_on_timing_with_the_recordings_codes_fed_back_is_teacher_forcing(tmp_path):
-    ar = ARModel.from_pretrained(_guided_model(tmp_path) / "ar")  # float32 steps: the same sums as the forward
+    ar = TTS.from_pretrained(_guided_model(tmp_path)).ar
     g = torch.Generator().manual_seed(0)
     text = torch.randint(3, ar.config.text_vocab_size, (7,), generator=g)
     prompt = torch.randint(0, 16, (3, 5), generator=g)
@@ -466,7 +466,7 @@ def test_on_timing_with_the_recordings_codes_fed_back_is_teacher_forcing(tmp_pat
 
 
 def test_the_diagnosis_guides_the_ar_as_synthesis_does(tmp_path):
-    ar = ARModel.from_pretrained(_guided_model(tmp_path, text_dropout=0.1) / "ar")
+    ar = TTS.from_pretrained(_guided_model(tmp_path, text_dropout=0.1)).ar
     g = torch.Generator().manual_seed(1)
     text = torch.randint(3, ar.config.text_vocab_size, (6,), generator=g)
     prompt, codes = torch.randint(0, 16, (3, 4), generator=g), torch.randint(0, 16, (3, 9), generator=g)

@@ -3,10 +3,9 @@ import torch
 
 from codec.interface import CodecIdentity
 from lm.ar import ARConfig, ARModel
-from lm.generation import ARResult, cached_decoder, cfg_scale_for, generate_ar, generate_nar, iter_ar, length_limits
+from lm.generation import ARResult, cfg_scale_for, generate_ar, generate_nar, iter_ar, length_limits
 from lm.nar import NARConfig, NARModel
 from lm.sampling import DEFAULT_CFG_SCALE, SamplingConfig, guide
-from lm.transformer import HalfStepLinear, use_half_precision_steps
 
 V, C, K = 24, 16, 4  # text vocabulary, codebook entries, codebooks
 EOS = C
@@ -268,51 +267,6 @@ def test_guided_generation_batched_equals_unbatched(sampling):
         alone = generate_ar(model, **item(x, b), sampling=sampling, max_new_tokens=25, generator=seeded(seed))
         n = int(alone.lengths[0])
         assert batched.lengths[b] == n and torch.equal(batched.codes[b, :n], alone.codes[0, :n])
-
-
-# -- decoding steps in half precision ---------------------------------------------------------------
-
-
-def test_half_precision_steps_change_no_weight_and_no_full_forward():
-    model, x = ar(text_dropout=0.1, duration_guided=True), inputs()
-    half = use_half_precision_steps(ar(text_dropout=0.1, duration_guided=True))
-    assert all(isinstance(m, HalfStepLinear) for m in half.modules() if isinstance(m, torch.nn.Linear))
-    assert half.state_dict().keys() == model.state_dict().keys()
-    assert all(torch.equal(t, model.state_dict()[k]) for k, t in half.state_dict().items())
-    codes, lengths = torch.randint(0, C, (3, 1, 6)), torch.tensor([6, 2, 4])
-    alignment = torch.tensor([[0, 0, 1, 2, 3, 3], [0, 1, 0, 0, 0, 0], [0, 1, 1, 2, 0, 0]])
-    for mode in (half.eval, half.train):  # several positions per item, or training: the float32 weights
-        mode(), model.train(half.training)
-        torch.manual_seed(0)
-        expected = model(**x, codes=codes, code_lengths=lengths, alignment=alignment)
-        torch.manual_seed(0)
-        got = half(**x, codes=codes, code_lengths=lengths, alignment=alignment)
-        assert torch.equal(got.loss, expected.loss)
-
-
-@pytest.mark.parametrize("guided", [False, True])
-def test_half_precision_steps_follow_float32_and_an_item_is_the_same_alone_as_in_a_batch(guided):
-    changes = dict(text_dropout=0.1) if guided else {}
-    sampling = SamplingConfig(**{**vars(RANDOM), "cfg_scale": 2.0 if guided else 1.0})
-    model, half, x = ar(**changes), use_half_precision_steps(ar(**changes)), inputs()
-    with torch.no_grad():  # the same tokens fed to both: float16 rounding, far from changing what the model says
-        decoders = [cached_decoder(m, *x.values(), reserve=20, cfg_scale=sampling.cfg_scale) for m in (model, half)]
-        logits = [decoder.first() for decoder in decoders]
-        for _ in range(20):
-            difference = (logits[1] - logits[0]).abs().max()
-            assert 0 < difference < 1e-2 * logits[0].abs().max()
-            tokens = logits[0][:, :C].argmax(-1)
-            logits = [decoder.next(tokens) for decoder in decoders]
-    batched = generate_ar(half, **x, sampling=sampling, max_new_tokens=25, generator=seeded(11, 12, 13),
-                          return_logits=True)
-    for b, seed in enumerate((11, 12, 13)):
-        alone = generate_ar(half, **item(x, b), sampling=sampling, max_new_tokens=25, generator=seeded(seed),
-                            return_logits=True)
-        n, steps = int(alone.lengths[0]), alone.logits.shape[1]
-        assert batched.lengths[b] == n and torch.equal(batched.codes[b, :n], alone.codes[0, :n])
-        # float32 differences of 1e-7 (the padding) can move a float16 rounding by one step, 2^-10 relative
-        scale = alone.logits[0].abs().max()
-        torch.testing.assert_close(batched.logits[b, :steps], alone.logits[0], rtol=0, atol=2 * 2**-10 * scale)
 
 
 def test_the_default_guidance_is_the_models_own():
