@@ -231,7 +231,7 @@ def load_model(build: Callable[[], Module], directory: str | Path, device: Any =
     """`build()` a module and fill it from directory/model.safetensors (`load_weights`).
 
     The module is built without drawing its random initial weights, which the file's replace at once:
-    in a fresh process that draw is half the time of loading a model (0.27 s -> 0.11 s for the bundled
+    in a fresh process that draw is half the time of loading a model (0.27 s -> 0.12 s for the bundled
     one). The weights are then whatever memory held until `load_weights`, which fills every parameter
     and buffer the module saves or refuses the file.
     """
