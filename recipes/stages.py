@@ -14,16 +14,24 @@ The state file holds {"stages": {name: record}, "last_run": {...}, "total_second
 the caller adds. A record: "status" (running, completed, failed or interrupted), "settings",
 "started_at", "seconds" (wall seconds, summed over the attempts that resumed), "finished_at" or
 "error", and the notes the stage's body returned.
+
+`kill PID` (SIGTERM) stops a run as Ctrl-C does: the stage in progress is recorded as interrupted,
+with its seconds so far, and the same command goes on from there. A run started in the background
+(`nohup python recipes/quickstart.py ... &`) ignores Ctrl-C's signal, and a kill that Python does not
+turn into an exception would leave the stage "running" without the time it spent.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -115,6 +123,18 @@ class Pipeline(Generic[C]):
         run: dict[str, Any] = {"command": command, "started_at": now(), "ran": [], "skipped": {}}
         state["last_run"] = run
         clock = time.perf_counter()
+        with _terminate_as_interrupt():
+            self._run_selected(ctx, state, state_path, selected, redo, run, clock)
+
+        run["seconds"] = round(time.perf_counter() - clock, 1)
+        records = state["stages"]
+        state["total_seconds"] = round(sum(r["seconds"] for r in records.values() if r.get("status") == "completed"), 1)
+        save_state(state_path, state)
+        self._print_summary(state)
+        return [name for name in run["ran"] if records[name]["status"] == "failed"]
+
+    def _run_selected(self, ctx: C, state: dict[str, Any], state_path: Path, selected: set[str], redo: set[str],
+                      run: dict[str, Any], clock: float) -> None:
         for number, stage in enumerate(self.stages, start=1):
             if stage.name not in selected:
                 continue
@@ -129,13 +149,6 @@ class Pipeline(Generic[C]):
             save_state(state_path, state)
             print(f"--- {stage.name}: {state['stages'][stage.name]['status']} in {format_seconds(seconds)} "
                   f"(this run so far: {format_seconds(time.perf_counter() - clock)})", flush=True)
-
-        run["seconds"] = round(time.perf_counter() - clock, 1)
-        records = state["stages"]
-        state["total_seconds"] = round(sum(r["seconds"] for r in records.values() if r.get("status") == "completed"), 1)
-        save_state(state_path, state)
-        self._print_summary(state)
-        return [name for name in run["ran"] if records[name]["status"] == "failed"]
 
     def _run_stage(self, stage: Stage[C], ctx: C, state: dict[str, Any], state_path: Path, redo: bool,
                    banner: str) -> float:
@@ -210,6 +223,23 @@ def now() -> str:
 def plain(value: Any) -> Any:
     """What `value` reads back as from JSON (tuples become lists): settings are compared that way."""
     return json.loads(json.dumps(value))
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does (see the module's docstring)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may handle signals
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load_state(path: Path) -> dict[str, Any]:

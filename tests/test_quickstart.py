@@ -127,6 +127,46 @@ def test_a_failed_stage_is_recorded_and_resumed_with_its_time(tmp_path):
     assert state["stages"]["a"]["status"] == "interrupted" and state["stages"]["a"]["seconds"] < 100.0
 
 
+SLOW_STAGE = """
+import sys, time
+from pathlib import Path
+from types import SimpleNamespace
+from recipes.stages import Pipeline, Stage, load_state
+
+root = Path(sys.argv[1])
+
+def run_slow(ctx):
+    (root / "started").write_text("yes")
+    time.sleep(60)
+    return {}
+
+stage = Stage("slow", "sleep", (), home=lambda c: root / "out", outputs=lambda c: [root / "out"],
+              removes=lambda c: [], run=run_slow)
+Pipeline([stage], title="toy").run(SimpleNamespace(), load_state(root / "state.json"), root / "state.json", "toy")
+"""
+
+
+def test_a_kill_stops_a_run_as_ctrl_c_does_and_keeps_the_stages_time(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(tmp_path)], cwd=Path(__file__).parents[1],
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists():
+        assert child.poll() is None and time.monotonic() < deadline, child.stderr.read() if child.poll() else "slow"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=30)
+    assert child.returncode != 0 and "stage slow interrupted" in stderr
+    record = json.loads((tmp_path / "state.json").read_text())["stages"]["slow"]
+    assert record["status"] == "interrupted" and 0.4 < record["seconds"] < 30
+    assert "stopped by signal SIGTERM" in record["error"]
+
+
 def test_an_optional_stage_that_fails_lets_the_run_go_on(tmp_path):
     pipeline = toy_pipeline(optional_b=True)
     ctx, state = toy_run(pipeline, tmp_path, fail="b")
