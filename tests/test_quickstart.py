@@ -8,6 +8,10 @@ its meters for tens of seconds.
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -147,11 +151,6 @@ Pipeline([stage], title="toy").run(SimpleNamespace(), load_state(root / "state.j
 
 
 def test_a_kill_stops_a_run_as_ctrl_c_does_and_keeps_the_stages_time(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     child = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(tmp_path)], cwd=Path(__file__).parents[1],
                              stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
