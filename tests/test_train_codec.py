@@ -1,5 +1,6 @@
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from conftest import launch_two_processes, recorded
 from data.prepare import write_corpus
 from data.synthetic import build_synthetic_corpus
 from recipes.train_codec import TrainCodecConfig
-from recipes.training import CONFIG_DIR, checkpoint_dirs, load_config, lr_at, parse_overrides
+from recipes.training import (
+    CONFIG_DIR, checkpoint_dirs, load_config, lr_at, parse_overrides, resume_from_checkpoint, save_checkpoint,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -93,6 +96,34 @@ def test_train_is_killed_resumes_and_exports(corpus, tmp_path):
     assert codec.decode(codec.encode(wav)).shape == (1, 1, 3200)
     assert (run_dir / "config.yaml").is_file() and list((run_dir / "logs").rglob("events.out.tfevents*"))
     assert list((run_dir / "samples").glob("*.wav"))
+
+
+class _Trap:
+    """Unpickling this creates `marker`: what a checkpoint file crafted by someone else could do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.makedirs, (str(self.marker),)
+
+
+def test_resume_never_runs_code_pickled_into_a_checkpoint(tmp_path):
+    """Accelerate's checkpoint keeps the optimizer and RNG states as torch pickles; resuming reads them weights-only."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(2, 2)
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
+    saved = save_checkpoint(accelerator, tmp_path, 3, {"epoch": 0})
+    marker = tmp_path / "code-ran"
+
+    torch.save({"torch_manual_seed": _Trap(marker)}, saved / "random_states_0.pkl")
+    assert resume_from_checkpoint(accelerator, tmp_path)["step"] == 3  # the RNG state is skipped, not run
+    torch.save({"state": {}, "param_groups": _Trap(marker)}, saved / "optimizer.bin")
+    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+        resume_from_checkpoint(accelerator, tmp_path)
+    assert not marker.exists()
 
 
 def test_decoder_only_training_changes_the_decoder_and_keeps_the_tokens(corpus, tmp_path):
