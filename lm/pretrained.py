@@ -44,7 +44,7 @@ class LMConfig:
     n_layers: int = 12
     ffn_dim: int = 4096
     ffn: str = "gelu"  # or "swiglu"
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the embeddings and on the attention's and the FFN's outputs (not the attention probabilities)
     codec: dict[str, Any] | None = None  # CodecIdentity.to_dict() of the codec that made the tokens
     text_vocab: str | None = None  # text_vocab_identity(...) of the phoneme vocabulary
 
