@@ -49,7 +49,7 @@ from data.tokens import TokenCorpus, durations_path, write_durations
 from lm.aligner import Aligner, AlignerConfig, hard_durations
 from lm.layout import frame_mask
 from lm.pretrained import text_vocab_identity
-from recipes.training import load_config, lr_at, save_config
+from recipes.training import adamw, load_config, lr_at, save_config
 
 
 @dataclass
@@ -90,7 +90,7 @@ def train(cfg: AlignConfig, corpus: TokenCorpus, run_dir: Path) -> Aligner:
         n_q=codec.n_q, codec=codec.to_dict(), text_vocab=text_vocab_identity(corpus.vocab.to_dict()),
         d_model=cfg.d_model, n_layers=cfg.n_layers, align_dim=cfg.align_dim,
     )).train()  # fmt: skip
-    optimizer = torch.optim.AdamW(aligner.parameters(), lr=cfg.lr)
+    optimizer = adamw(aligner.parameters(), lr=cfg.lr)
     usable = [i for i, r in enumerate(corpus.records) if r.n_frames >= r.n_text_tokens]
     sampler = FrameBudgetBatchSampler([corpus.records[i].n_frames for i in usable], cfg.max_frames, seed=cfg.seed)
     writer = SummaryWriter(str(run_dir / "logs"))

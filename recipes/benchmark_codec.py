@@ -27,7 +27,7 @@ from codec.losses import (
 )
 from codec.model import EchoCodec
 from recipes.train_codec import TrainCodecConfig
-from recipes.training import CONFIG_DIR, load_config
+from recipes.training import CONFIG_DIR, adamw, load_config
 
 
 def best_time(fn, repeats: int = 3) -> float:
@@ -53,8 +53,8 @@ def peak_rss_gib() -> float:
 def train_step_figures(cfg: TrainCodecConfig) -> tuple[float, float]:
     """Wall time of one full GAN training step at the preset's batch size, and the peak memory it added."""
     codec, discriminator = EchoCodec(cfg.model).train(), Discriminator(cfg.discriminator)
-    opt_g = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.discriminator_lr, betas=cfg.betas)
+    opt_g = adamw(codec.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_d = adamw(discriminator.parameters(), lr=cfg.discriminator_lr, betas=cfg.betas)
     w = cfg.loss_weights
     wav = 0.1 * torch.randn(cfg.batch_size, 1, round(cfg.segment_seconds * cfg.model.sample_rate))
     before = peak_rss_gib()

@@ -43,7 +43,15 @@ from data.manifest import Utterance, read_manifest
 from data.phonemes import Phonemizer
 from data.plots import spectrogram_image
 from data.segments import AudioSegments, PhonemizedUtterances, collate_phonemized
-from recipes.training import CONFIG_DIR, Run, TrainingConfig, lr_at, set_lr, start_run
+from recipes.training import (
+    CONFIG_DIR,
+    Run,
+    TrainingConfig,
+    adamw,
+    lr_at,
+    set_lr,
+    start_run,
+)
 
 
 @dataclass
@@ -220,8 +228,8 @@ def main(argv: list[str] | None = None) -> Path:
     probe, phonetic_loader, dev_phonemized = (None, None, None) if decoder_only else phonetic_task(run, train_set, dev_set)
     generator_parameters = list((codec.decoder if decoder_only else codec).parameters())
     generator_parameters += list(probe.parameters()) if probe is not None else []
-    opt_g = torch.optim.AdamW(generator_parameters, lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.discriminator_lr, betas=cfg.betas)
+    opt_g = adamw(generator_parameters, lr=cfg.lr, betas=cfg.betas)
+    opt_d = adamw(discriminator.parameters(), lr=cfg.discriminator_lr, betas=cfg.betas)
     codec, discriminator, opt_g, opt_d, loader = accelerator.prepare(codec, discriminator, opt_g, opt_d, loader)
     if probe is not None:
         probe, phonetic_loader = accelerator.prepare(probe, phonetic_loader)

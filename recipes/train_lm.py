@@ -37,7 +37,7 @@ from lm.nar import NARConfig, NARModel
 from lm.losses import LMOutput
 from lm.pretrained import LMConfig, PretrainedLM, text_vocab_identity
 from lm.reading import attention_stats, shuffle_text
-from recipes.training import CONFIG_DIR, Run, TrainingConfig, lr_at, set_lr, start_run
+from recipes.training import CONFIG_DIR, Run, TrainingConfig, adamw, lr_at, set_lr, start_run
 
 STAGES = ("ar", "nar", "both")
 
@@ -269,7 +269,7 @@ def load_data(cfg: TrainLMConfig, accelerator) -> tuple[TokenCorpus, BatchStream
 def build_optimizer(cfg: TrainLMConfig, models: dict[str, PretrainedLM]) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norms and biases)."""
     params = [p for model in models.values() for p in model.parameters()]
-    return torch.optim.AdamW(
+    return adamw(
         [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
          {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
         lr=cfg.lr, betas=cfg.betas,

@@ -277,6 +277,13 @@ def start_run(config_type: type[C], argv: list[str] | None, *, description: str,
     return Run(config, directory, accelerator, args.resume, checkpoints, parse_overrides(overrides))
 
 
+def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel (Run's Accelerator trains on a CPU or CUDA, which both have it):
+    one pass over every parameter instead of a few small operations per tensor, the same update within
+    rounding (README, Training speed)."""
+    return torch.optim.AdamW(params, fused=True, **kwargs)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
