@@ -122,7 +122,8 @@ class KVCache:
 class SelfAttention(nn.Module):
     """Multi-head self-attention without dropout on its probabilities: on a CPU that dropout sends
     scaled_dot_product_attention from its fused kernel to the explicit [L, L] path with a random mask,
-    30 % of an AR training step, and the AR read no worse without it (README, Learning to read)."""
+    20-30 % of an AR or NAR training step; without it the quickstart read as well within the evaluation's
+    noise (README, Attention without dropout)."""
 
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()

@@ -280,7 +280,7 @@ def start_run(config_type: type[C], argv: list[str] | None, *, description: str,
 def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel (Run's Accelerator trains on a CPU or CUDA, which both have it):
     one pass over every parameter instead of a few small operations per tensor, the same update within
-    rounding (README, Training speed)."""
+    rounding."""
     return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
