@@ -142,7 +142,8 @@ class ARModel(PretrainedLM):
         self.text_positions = SegmentPositions(D)
         self.audio_positions = SegmentPositions(D)
         self.dropout = nn.Dropout(config.dropout)
-        self.transformer = Transformer(D, config.n_heads, config.n_layers, config.ffn_dim, config.dropout, config.ffn)
+        self.transformer = Transformer(D, config.n_heads, config.n_layers, config.ffn_dim, config.dropout, config.ffn,
+                                       attention_dropout=config.attention_dropout)
         self.head = nn.Linear(D, config.n_output_tokens, bias=False)
         if config.duration_guided:
             self.frame_text = nn.Linear(D, D)  # the aligned token's embedding + text position -> the frame's input

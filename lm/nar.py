@@ -68,7 +68,7 @@ class NARModel(PretrainedLM):
         self.audio_positions = SegmentPositions(D)
         self.dropout = nn.Dropout(config.dropout)
         self.transformer = Transformer(D, config.n_heads, config.n_layers, config.ffn_dim, config.dropout,
-                                       config.ffn, adaptive=True)
+                                       config.ffn, adaptive=True, attention_dropout=config.attention_dropout)
         self.heads = None if config.tie_output_embeddings else nn.ModuleList(
             nn.Linear(D, C, bias=False) for _ in config.stages
         )  # stage j at index j - 2

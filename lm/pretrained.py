@@ -44,7 +44,8 @@ class LMConfig:
     n_layers: int = 12
     ffn_dim: int = 4096
     ffn: str = "gelu"  # or "swiglu"
-    dropout: float = 0.1  # on the embeddings and on the attention's and the FFN's outputs (not the attention probabilities)
+    dropout: float = 0.1  # on the embeddings and on the attention's and the FFN's outputs
+    attention_dropout: float = 0.0  # on the attention probabilities (README: Dropout on the attention probabilities)
     codec: dict[str, Any] | None = None  # CodecIdentity.to_dict() of the codec that made the tokens
     text_vocab: str | None = None  # text_vocab_identity(...) of the phoneme vocabulary
 
@@ -74,8 +75,9 @@ class LMConfig:
             raise ValueError(f"n_layers and ffn_dim must be positive, got {self.n_layers} and {self.ffn_dim}")
         if self.ffn not in FFN_KINDS:
             raise ValueError(f"ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout is a probability in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
         if isinstance(self.codec, CodecIdentity):
             self.codec = self.codec.to_dict()
         if self.codec is not None:

@@ -120,16 +120,16 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention without dropout on its probabilities: on a CPU that dropout sends
-    scaled_dot_product_attention from its fused kernel to the explicit [L, L] path with a random mask,
-    20-30 % of an AR or NAR training step; without it the quickstart read as well within the evaluation's
-    noise (README, Attention without dropout)."""
+    """Multi-head self-attention, with `dropout` on its probabilities while training. On a CPU any such
+    dropout sends scaled_dot_product_attention from its fused kernel to the explicit [L, L] path with a
+    random mask, 20-30 % of an AR or NAR training step (README, Dropout on the attention probabilities)."""
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
         self.n_heads = n_heads
+        self.dropout = dropout
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
@@ -143,11 +143,13 @@ class SelfAttention(nn.Module):
             k, v = cache.append(k, v)  # [B, H, S, Dh]
         if keep is not None:
             q, mask = q[:, :, keep], mask[:, :, keep]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, L', Dh]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # [B, H, L', Dh]
         return self.out(y.transpose(1, 2).reshape(B, q.shape[2], D))
 
     def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The attention probabilities `forward` uses: x [B, L, D], mask [B, 1, L, L] -> [B, H, L, L]."""
+        """The attention probabilities `forward` uses (before any dropout): x [B, L, D], mask [B, 1, L, L] -> [B, H, L, L]."""
         B, L, D = x.shape
         q, k, _ = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) / math.sqrt(D // self.n_heads)  # [B, H, L, L]
@@ -205,13 +207,14 @@ class Norm(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm: x + attention(norm(x)), then x + ffn(norm(x)), dropout on both branches' outputs."""
+    """Pre-norm: x + attention(norm(x)), then x + ffn(norm(x)), `dropout` on both branches' outputs
+    and `attention_dropout` on the attention probabilities."""
 
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float = 0.0,
-                 ffn: str = "gelu", adaptive: bool = False):
+                 ffn: str = "gelu", adaptive: bool = False, attention_dropout: float = 0.0):
         super().__init__()
         self.attention_norm = Norm(d_model, adaptive)
-        self.attention = SelfAttention(d_model, n_heads)
+        self.attention = SelfAttention(d_model, n_heads, attention_dropout)
         self.ffn_norm = Norm(d_model, adaptive)
         self.ffn = FeedForward(d_model, ffn_dim, ffn)
         self.dropout = nn.Dropout(dropout)
@@ -225,10 +228,10 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_layers: int, ffn_dim: int, dropout: float = 0.0,
-                 ffn: str = "gelu", adaptive: bool = False):
+                 ffn: str = "gelu", adaptive: bool = False, attention_dropout: float = 0.0):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, ffn_dim, dropout, ffn, adaptive) for _ in range(n_layers)
+            Block(d_model, n_heads, ffn_dim, dropout, ffn, adaptive, attention_dropout) for _ in range(n_layers)
         )
         self.norm = Norm(d_model, adaptive)
 

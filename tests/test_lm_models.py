@@ -213,16 +213,26 @@ def test_keep_computes_only_the_positions_read(adaptive):
         torch.testing.assert_close(net(x, mask, cond, keep=keep), full[:, keep], rtol=1e-5, atol=1e-5)
 
 
-def test_dropout_leaves_the_attention_probabilities_alone():
-    """Training mode drops the branches' outputs only, so scaled_dot_product_attention keeps its fused
-    kernel on a CPU (README: dropping the probabilities cost 30 % of an AR step and did not help)."""
+def test_attention_dropout_is_its_own_setting():
+    """`dropout` drops the branches' outputs only, so scaled_dot_product_attention keeps its fused kernel
+    on a CPU; `attention_dropout` (the long recipe's) drops attention probabilities, in training only."""
     torch.manual_seed(0)
-    block = Transformer(32, 4, 1, 64, dropout=0.5).blocks[0].train()
     x = torch.randn(2, 11, 32)
     mask = torch.ones(2, 1, 11, 11, dtype=torch.bool).tril()
+    block = Transformer(32, 4, 1, 64, dropout=0.5).blocks[0].train()
     attention = block.attention(block.attention_norm(x, None), mask)
     torch.testing.assert_close(block.attention(block.attention_norm(x, None), mask), attention)  # nothing random
     assert not torch.equal(block(x, mask), block(x, mask))  # the branches' dropout is on
+
+    block = Transformer(32, 4, 1, 64, attention_dropout=0.5).blocks[0].train()
+    normed = block.attention_norm(x, None)
+    assert not torch.equal(block.attention(normed, mask), block.attention(normed, mask))
+    block.eval()
+    torch.testing.assert_close(block.attention(normed, mask), block.attention(normed, mask), rtol=0, atol=0)
+    for model in (ar(attention_dropout=0.25), nar(attention_dropout=0.25)):  # the config reaches every block
+        assert {block.attention.dropout for block in model.transformer.blocks} == {0.25}
+    with pytest.raises(ValueError, match=r"attention_dropout is a probability in \[0, 1\), got 1.0"):
+        ARConfig(attention_dropout=1.0)
 
 
 # -- the KV cache ----------------------------------------------------------------------------------
@@ -300,7 +310,7 @@ def test_load_refuses_unknown_fields_and_mismatched_weights(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_codebooks": 4}))
     with pytest.raises(ValueError, match=r"unknown ARConfig field\(s\) \['n_codebooks'\] in .*config.json; "
-                                         r"known: \['codebook_size', 'codec', 'd_model'"):
+                                         r"known: \['attention_dropout', 'codebook_size', 'codec', 'd_model'"):
         ARModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_layers": 3}))
     with pytest.raises(ValueError, match=r"model.safetensors does not match its config: missing \['transformer.blocks.2"):
