@@ -8,9 +8,11 @@ to float rounding, so the bound is set from the measured figures, with room for 
 none for a model that stops reading: see READING_BOUND.
 """
 
+import json
 import subprocess
 import sys
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,10 @@ import torch
 from app import bundled
 from app.tts import TTS
 from recipes.evaluate_prompts import SENTENCES as READING_SENTENCES
+from recipes.quickstart import QuickstartConfig, recipe_argv
+from recipes.train_codec import TrainCodecConfig
+from recipes.train_lm import TrainLMConfig
+from recipes.training import CONFIG_DIR, load_config
 
 # Word error rate of pocketsphinx over the ten sentences (pooled): the bundled model's syntheses make
 # 34 errors in 80 words (this test, on the 2-core machine that bundled it), the long corpus's own
@@ -63,6 +69,26 @@ def test_the_bundled_model_reads_held_out_sentences(tts):
     wer = total.rate
     assert wer <= READING_BOUND, (f"WER {wer:.3f} > {READING_BOUND} (measured when bundled {MEASURED_WER:.3f}, the "
                                   f"recordings {GROUND_TRUTH_WER:.3f}):\n" + "\n".join(heard))
+
+
+def test_the_bundled_model_is_what_the_long_recipe_trains():
+    """The bundled codec's and LMs' settings are those the long recipe (quickstart --preset long)
+    trains with: a change to the recipe that makes the bundled model stale fails here until the model is
+    retrained or converted in the same change. The corpus-given fields (vocabulary, codec identity) are
+    the training data's, not the recipe's."""
+    recipe = load_config(QuickstartConfig, "long", {}, preset_dir=CONFIG_DIR / "quickstart")
+    model = bundled.default_model_dir()
+    codec = load_config(TrainCodecConfig, recipe.codec.preset, recipe_argv(recipe.codec.overrides),
+                        preset_dir=CONFIG_DIR / "codec").model
+    saved = json.loads((model / "codec" / "config.json").read_text())  # the fields its architecture uses
+    expected = json.loads(json.dumps(asdict(codec)))  # tuples as JSON lists
+    assert {k: v for k, v in saved.items() if k != "model_type"} == {k: expected[k] for k in saved if k != "model_type"}
+    lm = load_config(TrainLMConfig, recipe.lm.preset, recipe_argv(recipe.lm.overrides), preset_dir=CONFIG_DIR / "lm")
+    for kind in ("ar", "nar"):
+        config = getattr(lm, kind)
+        expected = {k: v for k, v in asdict(config).items() if k not in type(config).corpus_fields}
+        saved = json.loads((model / kind / "config.json").read_text())
+        assert {k: saved.get(k) for k in expected} == expected, kind
 
 
 def test_the_wheel_ships_the_model_and_voices(tmp_path):
