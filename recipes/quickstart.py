@@ -119,7 +119,7 @@ class EvaluateSettings:
     # Without flite installed there are none, and every held-out voice is evaluated.
     families: list[str] = field(default_factory=lambda: ["flite"])
     # Which targets the report judges against (app.evaluation.TARGETS): the quickstart's half hour
-    # are held to 2.5 x the ground truth's WER, the long recipe to the release targets (1.5 x).
+    # is held to 2.5 x the ground truth's WER, the long recipe to the release targets (1.5 x).
     targets: str = "quickstart"
 
 
