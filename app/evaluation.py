@@ -47,7 +47,8 @@ import torch
 from tqdm import tqdm
 
 from app.figures import ar_attention
-from app.meters import ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_similarity, word_errors
+from app.meters import (ASRMeter, ErrorCount, SpeakerMeter, char_errors, cosine_similarity, transcribe_all,
+                         word_errors)
 from app.scoring import Scorer, unit
 from app.prompt import MAX_SECONDS as MAX_PROMPT_SECONDS
 from app.prompt import PromptError
@@ -315,12 +316,30 @@ class Meters:
     def __init__(self, asr: ASRMeter | None, bank: VoiceBank | None):
         self.asr, self.bank = asr, bank
 
-    def measure(self, wav: np.ndarray | torch.Tensor, sample_rate: int, item: EvalItem) -> Rendering:
+    def measure_all(self, renderings: Mapping[str, tuple[np.ndarray | torch.Tensor, int]],
+                    item: EvalItem) -> dict[str, Rendering]:
+        """system -> (waveform, sample rate) of `item` -> system -> how it was heard. The ASR hears them
+        together (`transcribe_all`: pocketsphinx in parallel processes)."""
+        waves = {system: (torch.as_tensor(wav, dtype=torch.float32).reshape(-1), rate)
+                 for system, (wav, rate) in renderings.items()}
+        transcripts: dict[str, str] = {}
+        if self.asr is not None:
+            heard = [system for system, (wav, _) in waves.items() if wav.shape[0]]
+            texts = transcribe_all(self.asr, [waves[system] for system in heard])
+            transcripts = dict.fromkeys(waves, "") | dict(zip(heard, texts))
+        return {system: self.measure(wav, rate, item, transcripts.get(system))
+                for system, (wav, rate) in waves.items()}
+
+    def measure(self, wav: np.ndarray | torch.Tensor, sample_rate: int, item: EvalItem,
+                transcript: str | None = None) -> Rendering:
+        """One rendering of `item`; `transcript`: what the ASR heard in it, if it has already listened."""
         wav = torch.as_tensor(wav, dtype=torch.float32).reshape(-1)  # [T]
         rendering = Rendering(duration=wav.shape[0] / sample_rate)
         language = item.target.language
         if self.asr is not None:
-            rendering.transcript = self.asr.transcribe(wav, sample_rate) if wav.shape[0] else ""
+            if transcript is None:
+                transcript = self.asr.transcribe(wav, sample_rate) if wav.shape[0] else ""
+            rendering.transcript = transcript
             words = word_errors(item.target.text, rendering.transcript, language)
             chars = char_errors(item.target.text, rendering.transcript, language)
             rendering.word_errors, rendering.words = words.errors, words.length
@@ -389,8 +408,7 @@ def evaluate_item(tts: TTS, item: EvalItem, syntheses: Mapping[str, Synthesis | 
             name = f"{item.target.id}.{system}.wav"
             write_audio(wav_dir / name, synthesis.wav, synthesis.sample_rate)
             result.wavs[system] = name
-    for system, (wav, rate) in renderings.items():
-        result.renderings[system] = meters.measure(wav, rate, item)
+    result.renderings.update(meters.measure_all(renderings, item))
     return ItemEvaluation(result, {"prompt": (prompt[0], prompt_sr), **renderings})
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from app.evaluation import read_voice_families
-from app.meters import ErrorCount, load_asr, word_errors
+from app.meters import ErrorCount, load_asr, transcribe_all, word_errors
 from codec.codec2 import CODEC2_MODES
 from codec.evaluation import audio_files, codec2_markdown, evaluate_codec, evaluate_codec2, write_examples
 from codec.loading import load_codec
@@ -119,8 +119,10 @@ def word_errors_by_rendering(examples: dict[str, dict[str, torch.Tensor]], utter
     """Word errors of the recordings ("original") and of each reconstruction, summed over the utterances."""
     totals: dict[str, ErrorCount] = {}
     for utterance in utterances:
-        for label, wav in examples.get(utterance.id, {}).items():
-            heard = word_errors(utterance.text, asr.transcribe(wav, sample_rate), utterance.language)
+        renderings = examples.get(utterance.id, {})
+        transcripts = transcribe_all(asr, [(wav, sample_rate) for wav in renderings.values()])
+        for label, transcript in zip(renderings, transcripts):
+            heard = word_errors(utterance.text, transcript, utterance.language)
             totals[label] = totals.get(label, ErrorCount(0, 0)) + heard
     return totals
 

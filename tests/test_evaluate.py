@@ -18,6 +18,7 @@ from app.meters import (ErrorCount, MeterUnavailable, char_errors, cosine_simila
                         normalize_for_scoring, word_error_rate, word_errors)
 from app.scoring import Scorer
 from app.tts import DEFAULT_SAMPLING, TTS
+from data.audio import load_audio
 from data.manifest import Utterance, read_manifest, write_manifest
 from data.synthetic import build_synthetic_corpus
 from lm.aligner import Aligner, AlignerConfig
@@ -74,6 +75,20 @@ def test_meter_errors_are_clear(tmp_path):
         load_asr("pocketsphinx", language="de")
     with pytest.raises(MeterUnavailable, match="x-vector"):
         load_speaker(str(tmp_path / "no-wavlm"))
+
+
+def test_pocketsphinx_hears_each_clip_as_a_fresh_decoder_would(corpus):
+    """Its decoder adapts to what it heard; a transcript must not depend on the clips heard before it,
+    nor on which of the parallel workers heard it."""
+    pytest.importorskip("pocketsphinx")
+    recordings = [load_audio(u.audio_path) for u in read_manifest(corpus / "test.jsonl")[:4]]
+    clips = [(wav[0], rate) for wav, rate in recordings]
+    clips.append((clips[0][0] * 0.05, clips[0][1]))  # the same words, quietly: the features differ most
+    fresh = [meters.PocketSphinxASR(workers=1).transcribe(wav, rate) for wav, rate in clips]
+    asr = meters.PocketSphinxASR(workers=1)
+    assert [asr.transcribe(wav, rate) for wav, rate in reversed(clips)] == fresh[::-1]
+    assert meters.PocketSphinxASR(workers=2).transcribe_many(clips) == fresh
+    assert meters.transcribe_all(asr, clips[:2]) == fresh[:2]
 
 
 def test_xvector_speaker_meter_from_a_local_wavlm(tmp_path):
