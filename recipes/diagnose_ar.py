@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from app.evaluation import (GROUND_TRUTH, ItemResult, Rendering, choose_items, read_voice_families, summarize,
                             wer_ratio_interval)
-from app.meters import load_asr, word_errors
+from app.meters import load_asr, transcribe_all, word_errors
 from app.tts import DEFAULT_SAMPLING, TTS
 from data.audio import load_audio, resample
 from data.manifest import read_manifest
@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
         wavs["synthesis"] = tts.generate(item.target.text, voice=voice, seed=item.seed, language=language).wav
         result = ItemResult(item.target.id, item.target.speaker, item.family, item.target.text, item.prompt.id,
                             item.prompt.text, item.prompt.duration, item.seed)
-        for system, (wav, rate) in {GROUND_TRUTH: (truth[0].numpy(), truth_sr),
-                                    **{s: (w, tts.sample_rate) for s, w in wavs.items()}}.items():
-            count = word_errors(item.target.text, asr.transcribe(wav, rate), language)
+        renderings = {GROUND_TRUTH: (truth[0].numpy(), truth_sr), **{s: (w, tts.sample_rate) for s, w in wavs.items()}}
+        for (system, (wav, rate)), heard in zip(renderings.items(), transcribe_all(asr, list(renderings.values()))):
+            count = word_errors(item.target.text, heard, language)
             result.renderings[system] = Rendering(len(wav) / rate, word_errors=count.errors, words=count.length)
         results.append(result)
     figures = diagnosis_figures(results)
