@@ -140,7 +140,7 @@ def _missing(package: str, error: ImportError, extra: str = "") -> MeterUnavaila
 class PocketSphinxASR:
     """CMU pocketsphinx 5 with the en-us acoustic model, language model and dictionary its wheel bundles.
 
-    Offline and fast (about 0.3 s for a 3 s clip on one core) but far from human: about 27 % WER
+    Offline and fast (1.6 s of one slow core for a 2.3 s clip) but far from human: about 27 % WER
     on clean read speech, 20-50 % on flite voices and 76-83 % on eSpeak voices. Compare a
     synthesis with the ground truth of the same voice, never with zero.
 
@@ -184,7 +184,7 @@ def _sphinx_decode(decoder, pcm: bytes) -> str:
     # The decoder adapts its features to what it heard (the cepstral mean and more): without a
     # reset, a recording's transcript depended on the clips decoded before it. Resetting the
     # feature extraction alone gives the transcripts of a fresh decoder; reloading the whole
-    # decoder (reinit) did too, at 0.5 s a call.
+    # decoder (reinit) did too, at 0.6 s a call.
     decoder.reinit_feat()
     decoder.start_utt()
     decoder.process_raw(pcm, full_utt=True)
