@@ -38,7 +38,7 @@ def test_the_probe_learns_to_read_phonemes_and_scores_them():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.2 * first
+    assert loss.item() < 0.2 * first
     assert probe.phoneme_error_rate(z, frames, targets, target_lengths) == 0.0
 
 
