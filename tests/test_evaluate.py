@@ -81,8 +81,8 @@ def test_pocketsphinx_hears_each_clip_as_a_fresh_decoder_would(corpus):
     """Its decoder adapts to what it heard; a transcript must not depend on the clips heard before it,
     nor on which of the parallel workers heard it."""
     pytest.importorskip("pocketsphinx")
-    recordings = [load_audio(u.audio_path) for u in read_manifest(corpus / "test.jsonl")[:4]]
-    clips = [(wav[0], rate) for wav, rate in recordings]
+    recordings = [load_audio(u.audio_path) for u in read_manifest(corpus / "test.jsonl")[:2]]
+    clips = [(wav[0, : 2 * rate], rate) for wav, rate in recordings]  # 2 s each: pocketsphinx is slow
     clips.append((clips[0][0] * 0.05, clips[0][1]))  # the same words, quietly: the features differ most
     fresh = [meters.PocketSphinxASR(workers=1).transcribe(wav, rate) for wav, rate in clips]
     asr = meters.PocketSphinxASR(workers=1)
