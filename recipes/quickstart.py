@@ -1,4 +1,5 @@
-"""The quickstart: from nothing to a cloned voice on a laptop CPU in one command (at most 30 minutes on 2 cores).
+"""The quickstart: from nothing to a cloned voice on a laptop CPU in one command (about 22 minutes
+on 2 fast cores, 67 on a slow machine).
 
     python recipes/quickstart.py                                   # everything, into runs/quickstart
     python recipes/quickstart.py --preset tiny --run-dir runs/qs-tiny   # the same path in seconds (tests)
@@ -528,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--run-dir", type=Path, default=Path("runs/quickstart"), help="where everything goes")
     parser.add_argument("--preset", default="cpu",
-                        help="cpu (the quickstart, at most 30 minutes on 2 cores), tiny (seconds, for tests) "
+                        help="cpu (the quickstart, about 22 minutes on 2 fast cores), tiny (seconds, for tests) "
                              "or a YAML file like recipes/configs/quickstart/cpu.yaml")
     parser.add_argument("--hours", type=float,
                         help=f"hours of synthetic speech (default {SYNTHETIC_QUICKSTART_HOURS:g}; tiny: 0.01)")
