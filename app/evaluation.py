@@ -322,11 +322,10 @@ class Meters:
         together (`transcribe_all`: pocketsphinx in parallel processes)."""
         waves = {system: (torch.as_tensor(wav, dtype=torch.float32).reshape(-1), rate)
                  for system, (wav, rate) in renderings.items()}
-        transcripts: dict[str, str] = {}
+        transcripts: dict[str, str] = {}  # an empty rendering has none: `measure` hears nothing in it
         if self.asr is not None:
             heard = [system for system, (wav, _) in waves.items() if wav.shape[0]]
-            texts = transcribe_all(self.asr, [waves[system] for system in heard])
-            transcripts = dict.fromkeys(waves, "") | dict(zip(heard, texts))
+            transcripts = dict(zip(heard, transcribe_all(self.asr, [waves[system] for system in heard])))
         return {system: self.measure(wav, rate, item, transcripts.get(system))
                 for system, (wav, rate) in waves.items()}
 
