@@ -163,3 +163,26 @@ def write_audio(path: str | Path, wav: torch.Tensor | np.ndarray, sample_rate: i
         raise ValueError(f"cannot write {path}: use a .wav, .flac or .ogg file name")
     subtype = "VORBIS" if fmt == "OGG" else "PCM_16"
     return write_file(path, lambda tmp: sf.write(str(tmp), data, sample_rate, format=fmt, subtype=subtype))
+
+
+def f0_contour(wav: np.ndarray | torch.Tensor, sample_rate: int, fmin: float = 60.0, fmax: float = 450.0) -> np.ndarray:
+    """F0 in Hz of each 40 ms frame, every 10 ms; NaN where a frame is unvoiced or quiet.
+
+    A frame is voiced when its normalised autocorrelation peaks above 0.5 at a lag between
+    1 / fmax and 1 / fmin, and quiet when its energy is under 1 % of the loudest frame's.
+    """
+    wav = np.asarray(wav, dtype=np.float64).reshape(-1)
+    frame, hop = int(0.04 * sample_rate), int(0.01 * sample_rate)
+    if wav.size < frame:
+        return np.zeros(0)
+    frames = np.lib.stride_tricks.sliding_window_view(wav, frame)[::hop]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    energy = (frames**2).sum(axis=1)
+    n_fft = 1 << (2 * frame - 1).bit_length()
+    autocorrelation = np.fft.irfft(np.abs(np.fft.rfft(frames, n_fft)) ** 2, n_fft)[:, :frame]  # [frames, lags]
+    low, high = int(sample_rate / fmax), int(sample_rate / fmin)
+    lags = low + autocorrelation[:, low:high].argmax(axis=1)
+    strength = autocorrelation[np.arange(len(lags)), lags] / np.maximum(autocorrelation[:, 0], 1e-12)
+    voiced = (strength > 0.5) & (energy > 0.01 * energy.max())
+    return np.where(voiced, sample_rate / lags, np.nan)
+

@@ -51,7 +51,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from data.audio import normalize_loudness, resample, speech_bounds, write_audio
+from data.audio import f0_contour, normalize_loudness, resample, speech_bounds, write_audio
 from data.espeak import PhonemeEvent, VoiceSettings, espeak_synthesizer, espeak_variants
 from data.manifest import Utterance
 from data.phoneme_timings import PAUSE, TIMINGS_FILE, PhonemeTiming, UtteranceTimings, read_timings, write_timings
@@ -235,24 +235,10 @@ def _quantize_warp(warp: float, native_rate: int) -> float:
 
 
 def estimate_f0(wav: np.ndarray, sample_rate: int, fmin: float = 60.0, fmax: float = 450.0) -> float:
-    """Median F0 in Hz over the voiced 40 ms frames (normalised autocorrelation peak above 0.5); 0 if none."""
-    wav = np.asarray(wav, dtype=np.float64).reshape(-1)
-    frame, hop = int(0.04 * sample_rate), int(0.01 * sample_rate)
-    if wav.size < frame:
-        return 0.0
-    frames = np.lib.stride_tricks.sliding_window_view(wav, frame)[::hop]
-    frames = frames - frames.mean(axis=1, keepdims=True)
-    energy = (frames**2).sum(axis=1)
-    frames = frames[energy > 0.01 * energy.max()]
-    if len(frames) == 0:
-        return 0.0
-    n_fft = 1 << (2 * frame - 1).bit_length()
-    autocorrelation = np.fft.irfft(np.abs(np.fft.rfft(frames, n_fft)) ** 2, n_fft)[:, :frame]  # [frames, lags]
-    low, high = int(sample_rate / fmax), int(sample_rate / fmin)
-    lags = low + autocorrelation[:, low:high].argmax(axis=1)
-    strength = autocorrelation[np.arange(len(lags)), lags] / np.maximum(autocorrelation[:, 0], 1e-12)
-    voiced = lags[strength > 0.5]
-    return float(np.median(sample_rate / voiced)) if voiced.size else 0.0
+    """Median F0 in Hz over the voiced frames of `f0_contour`; 0 if none."""
+    contour = f0_contour(wav, sample_rate, fmin, fmax)
+    voiced = contour[~np.isnan(contour)]
+    return float(np.median(voiced)) if voiced.size else 0.0
 
 
 def calibrate_speaker(speaker: SyntheticSpeaker) -> SyntheticSpeaker:

@@ -11,7 +11,11 @@ Each file is coded with all of the codec's codebooks, then the STFTs (512-sample
     true magnitude, random phase the same with no phase information at all (the floor for the phase)
     low-passed to 4 kHz          the recording and the codec's output band-limited as Codec 2 is (8 kHz)
 
-Prints mean PESQ-wb and STOI over the files for each, and writes them as JSON (--out).
+Prints mean PESQ-wb and STOI over the files for each. Then the pitch: over the frames that both
+the recording and the codec's output voice (`data.audio.f0_contour`), the share whose F0 the
+output keeps within 6 % (a semitone) and the spread of log F0 in each, mean over the files: a
+codec that codes a voice's pitch but not its intonation keeps the spread small. Writes both as
+JSON (--out).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from tqdm.auto import tqdm
 from codec.evaluation import audio_files
 from codec.loading import load_codec
 from codec.metrics import pesq_wb, stoi
-from data.audio import load_audio, resample
+from data.audio import f0_contour, load_audio, resample
 
 N_FFT, HOP = 512, 128
+PITCH_TOLERANCE = 1.06  # a semitone
 
 
 def recombinations(recording: torch.Tensor, coded: torch.Tensor, sample_rate: int,
@@ -53,6 +58,17 @@ def recombinations(recording: torch.Tensor, coded: torch.Tensor, sample_rate: in
     }
 
 
+def pitch_agreement(recording: torch.Tensor, coded: torch.Tensor, sample_rate: int) -> dict[str, float]:
+    """How the output's F0 follows the recording's over the frames both voice; NaN with fewer than 10."""
+    f0_recording, f0_coded = (f0_contour(x.numpy(), sample_rate) for x in (recording, coded))
+    both = ~np.isnan(f0_recording) & ~np.isnan(f0_coded)
+    if both.sum() < 10:
+        return {"within_a_semitone": math.nan, "log_f0_spread_recording": math.nan, "log_f0_spread_codec": math.nan}
+    log_recording, log_coded = np.log(f0_recording[both]), np.log(f0_coded[both])
+    return {"within_a_semitone": float(np.mean(np.abs(log_recording - log_coded) < math.log(PITCH_TOLERANCE))),
+            "log_f0_spread_recording": float(log_recording.std()), "log_f0_spread_codec": float(log_coded.std())}
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codec", required=True, help="codec directory (Echo or EnCodec) or hub id")
@@ -63,12 +79,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     codec = load_codec(args.codec).eval()
     sr, generator = codec.sample_rate, torch.Generator().manual_seed(0)
     scores: dict[str, list[tuple[float, float]]] = {}
+    pitch: list[dict[str, float]] = []
     for _, path in tqdm(audio_files(args.wav_dir), desc="files"):
         wav, _ = load_audio(path, sr)
         wav = wav[:, : wav.shape[-1] // codec.hop_length * codec.hop_length]
         with torch.inference_mode():
             coded = codec.decode(codec.encode(wav[None]))[0, 0, : wav.shape[-1]]
         recording = wav[0]
+        pitch.append(pitch_agreement(recording, coded, sr))
         for name, rendering in recombinations(recording, coded, sr, generator).items():
             scores.setdefault(name, []).append((pesq_wb(recording, rendering, sr), stoi(recording, rendering, sr)))
     table = {name: {"pesq_wb": float(np.nanmean([p for p, _ in rows])), "stoi": float(np.nanmean([s for _, s in rows])),
@@ -76,6 +94,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"| rendering ({args.codec}, {len(next(iter(scores.values())))} files) | PESQ-wb | STOI |\n|---|---:|---:|")
     for name, row in table.items():
         print(f"| {name} | {row['pesq_wb']:.2f} | {row['stoi']:.3f} |")
+    table["pitch"] = {key: float(np.nanmean([p[key] for p in pitch])) for key in pitch[0]}
+    print("\npitch over the frames both voice (mean over files): {within_a_semitone:.2f} within a semitone; spread of "
+          "log F0 {log_f0_spread_recording:.3f} in the recordings, {log_f0_spread_codec:.3f} in the codec's output"
+          .format(**table["pitch"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(table, indent=2) + "\n")

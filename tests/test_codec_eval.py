@@ -278,5 +278,22 @@ def test_diagnose_codec_recipe_scores_each_rendering(tiny_codec_dir, wav_dir, tm
     table = main(["--codec", str(tiny_codec_dir), "--wav-dir", str(wav_dir), "--out", str(tmp_path / "d.json")])
     assert json.loads((tmp_path / "d.json").read_text()) == table
     assert table["recording low-passed to 4 kHz"]["stoi"] > table["codec"]["stoi"]  # an untrained codec codes nothing
+    pitch = table.pop("pitch")
+    assert set(pitch) == {"within_a_semitone", "log_f0_spread_recording", "log_f0_spread_codec"}
     assert all(row["files"] == len(audio_files(wav_dir)) for row in table.values())
     assert "| codec magnitude, true phase |" in capsys.readouterr().out
+
+
+def test_pitch_agreement_counts_frames_whose_f0_the_codec_keeps():
+    from recipes.diagnose_codec import pitch_agreement
+
+    sr = 16000
+    t = torch.arange(sr) / sr
+    glide = torch.sin(2 * math.pi * (120 * t + 40 * t**2))  # 120 -> 200 Hz
+    kept = pitch_agreement(glide, glide.clone(), sr)
+    assert kept["within_a_semitone"] == 1.0
+    assert kept["log_f0_spread_codec"] == pytest.approx(kept["log_f0_spread_recording"])
+    assert kept["log_f0_spread_recording"] > 0.1
+    level = pitch_agreement(glide, torch.sin(2 * math.pi * 160 * t), sr)  # the mean pitch, none of the glide
+    assert level["within_a_semitone"] < 0.3 and level["log_f0_spread_codec"] < 0.01
+    assert math.isnan(pitch_agreement(glide, torch.zeros(sr), sr)["within_a_semitone"])
