@@ -60,7 +60,7 @@ def recombinations(recording: torch.Tensor, coded: torch.Tensor, sample_rate: in
 
 def pitch_agreement(recording: torch.Tensor, coded: torch.Tensor, sample_rate: int) -> dict[str, float]:
     """How the output's F0 follows the recording's over the frames both voice; NaN with fewer than 10."""
-    f0_recording, f0_coded = (f0_contour(x.numpy(), sample_rate) for x in (recording, coded))
+    f0_recording, f0_coded = f0_contour(recording, sample_rate), f0_contour(coded, sample_rate)
     both = ~np.isnan(f0_recording) & ~np.isnan(f0_coded)
     if both.sum() < 10:
         return {"within_a_semitone": math.nan, "log_f0_spread_recording": math.nan, "log_f0_spread_codec": math.nan}
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     sr, generator = codec.sample_rate, torch.Generator().manual_seed(0)
     scores: dict[str, list[tuple[float, float]]] = {}
     pitch: list[dict[str, float]] = []
-    for _, path in tqdm(audio_files(args.wav_dir), desc="files"):
+    files = audio_files(args.wav_dir)
+    for _, path in tqdm(files, desc="files"):
         wav, _ = load_audio(path, sr)
         wav = wav[:, : wav.shape[-1] // codec.hop_length * codec.hop_length]
         with torch.inference_mode():
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             scores.setdefault(name, []).append((pesq_wb(recording, rendering, sr), stoi(recording, rendering, sr)))
     table = {name: {"pesq_wb": float(np.nanmean([p for p, _ in rows])), "stoi": float(np.nanmean([s for _, s in rows])),
                     "files": len(rows)} for name, rows in scores.items()}
-    print(f"| rendering ({args.codec}, {len(next(iter(scores.values())))} files) | PESQ-wb | STOI |\n|---|---:|---:|")
+    print(f"| rendering ({args.codec}, {len(files)} files) | PESQ-wb | STOI |\n|---|---:|---:|")
     for name, row in table.items():
         print(f"| {name} | {row['pesq_wb']:.2f} | {row['stoi']:.3f} |")
     table["pitch"] = {key: float(np.nanmean([p[key] for p in pitch])) for key in pitch[0]}

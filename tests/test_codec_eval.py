@@ -13,7 +13,7 @@ import yaml
 from codec.evaluation import audio_files, evaluate_codec
 from codec.metrics import bitrate, codebook_usage, pesq_wb, si_sdr, stoi
 from codec.model import CodecConfig, EchoCodec
-from data.audio import write_audio
+from data.audio import resample, write_audio
 from data.plots import plot_curves, plot_spectrograms, spectrogram_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,6 +294,11 @@ def test_pitch_agreement_counts_frames_whose_f0_the_codec_keeps():
     assert kept["within_a_semitone"] == 1.0
     assert kept["log_f0_spread_codec"] == pytest.approx(kept["log_f0_spread_recording"])
     assert kept["log_f0_spread_recording"] > 0.1
+    # the tracker itself: a 4 kHz low-pass (Codec 2's band) and a little noise keep every frame's F0
+    band_limited = resample(resample(glide, sr, 8000), 8000, sr)[: len(glide)]
+    noisy = glide + 0.03 * torch.randn(glide.shape, generator=torch.Generator().manual_seed(0))
+    assert pitch_agreement(glide, band_limited, sr)["within_a_semitone"] == 1.0
+    assert pitch_agreement(glide, noisy, sr)["within_a_semitone"] == 1.0
     level = pitch_agreement(glide, torch.sin(2 * math.pi * 160 * t), sr)  # the mean pitch, none of the glide
     assert level["within_a_semitone"] < 0.3 and level["log_f0_spread_codec"] < 0.01
     assert math.isnan(pitch_agreement(glide, torch.zeros(sr), sr)["within_a_semitone"])
