@@ -9,6 +9,7 @@ the codec's `identity` and refuses tokens from another codec.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +73,10 @@ class Codec(nn.Module):
     def hop_length(self) -> int:
         """Audio samples per codec frame."""
         return round(self.sample_rate / self.frame_rate)
+
+    def bits_per_frame(self, n_q: int) -> float:
+        """Bits a frame of the first `n_q` rows of the codes takes."""
+        return n_q * math.log2(self.codebook_size)
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.pitch import HarmonicSource
+
 LOG_FLOOR = 1e-5  # magnitude floor before the log of the encoder's input spectrum
 MAX_LOG_MAGNITUDE = 7.0  # ceiling on the decoder's predicted log-magnitude (|S| <= e^7 ≈ 1100), as Vocos clips
 
@@ -49,8 +51,10 @@ class ConvNeXtStack(nn.Module):
         self.blocks = nn.ModuleList(ConvNeXtBlock(dim, 3 * dim, layer_scale=1 / depth) for _ in range(depth))
         self.norm_out = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm_in(self.embed(x).transpose(1, 2)).transpose(1, 2)  # [B, D, T]
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """extra [B, D, T], if given, is added to the embedded input (the decoder's harmonic source)."""
+        x = self.embed(x) if extra is None else self.embed(x) + extra
+        x = self.norm_in(x.transpose(1, 2)).transpose(1, 2)  # [B, D, T]
         for block in self.blocks:
             x = block(x)
         return self.norm_out(x.transpose(1, 2)).transpose(1, 2)
@@ -83,16 +87,22 @@ class STFTEncoder(nn.Module):
 class ISTFTDecoder(nn.Module):
     """latent [B, latent_dim, F] -> wav [B, 1, F * hop]: ConvNeXt → log-magnitude and phase → overlap-add."""
 
-    def __init__(self, n_fft: int, hop_length: int, dim: int, depth: int, latent_dim: int):
+    def __init__(self, n_fft: int, hop_length: int, dim: int, depth: int, latent_dim: int, sample_rate: int = 0):
+        """sample_rate > 0 gives the decoder a harmonic source for an F0 stream (codec/pitch.py)."""
         super().__init__()
         self.n_fft, self.hop_length = n_fft, hop_length
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.body = ConvNeXtStack(latent_dim, dim, depth)
         self.head = nn.Linear(dim, 2 * (n_fft // 2 + 1))  # log-magnitude and phase of every bin
+        self.source = HarmonicSource(n_fft, hop_length, sample_rate, dim) if sample_rate > 0 else None
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        x = self.head(self.body(latent).transpose(1, 2)).float()  # [B, F, 2 * n_bins]
+    def forward(self, latent: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
+        """latent [B, latent_dim, F], F0 in Hz [B, F] (0: unvoiced; None: no pitch stream) -> wav [B, 1, F * hop]."""
+        source_input, comb = self.source(f0) if f0 is not None and self.source is not None else (None, None)
+        x = self.head(self.body(latent, source_input).transpose(1, 2)).float()  # [B, F, 2 * n_bins]
         log_magnitude, phase = x.transpose(1, 2).chunk(2, dim=1)  # each [B, n_bins, F]
+        if comb is not None:
+            log_magnitude = log_magnitude + comb  # source-filter: the harmonics at the coded F0, shaped
         magnitude = log_magnitude.clamp(max=MAX_LOG_MAGNITUDE).exp()
         # The phase head's output is an angle: cos and sin of it wrap any value onto the circle.
         spec = torch.polar(magnitude, phase)  # [B, n_bins, F] complex

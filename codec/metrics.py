@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from codec.interface import Codec
+
 logger = logging.getLogger(__name__)
 
 Signal = np.ndarray | torch.Tensor
@@ -120,7 +122,10 @@ def bitrate(codec_or_fields: Any, n_q: int | None = None) -> float:
 
     `codec_or_fields` is anything with `frame_rate` and `codebook_size` (a `Codec`, a
     `CodecIdentity`, a config) or a mapping with those keys; `n_q` defaults to its own `n_q`.
+    A codec whose rows differ in size (Echo's with a pitch stream) says its bits itself.
     """
+    if isinstance(codec_or_fields, Codec):
+        return codec_or_fields.frame_rate * codec_or_fields.bits_per_frame(codec_or_fields.n_q if n_q is None else n_q)
     frame_rate = float(_field(codec_or_fields, "frame_rate"))
     codebook_size = int(_field(codec_or_fields, "codebook_size"))
     if n_q is None:

@@ -8,6 +8,10 @@ Two bodies around the same quantizer (`CodecConfig.architecture`):
     codes = codec.encode(wav)    # wav [B, 1, T] at codec.sample_rate -> codes [B, K, F]
     wav = codec.decode(codes)    # codes [B, K', F], K' <= K -> wav [B, 1, F * hop_length]
 
+With `pitch_bins` > 0 (istft body) the codes carry F0 as well (`codec/pitch.py`): row 2 of the
+codes is the pitch stream, rows 1, 3, 4, ... the RVQ's codebooks, so that K = n_q + 1 and every
+prefix of the rows is a rate: codebook 1 alone, then with the pitch, then each further codebook.
+
 A directory written by `save_pretrained` holds `config.json` and `model.safetensors`.
 """
 
@@ -22,6 +26,7 @@ import torch
 
 from codec.interface import Codec, CodecIdentity, config_hash
 from codec.istft import ISTFTDecoder, STFTEncoder
+from codec.pitch import dequantize_f0, frame_f0, quantize_f0
 from codec.quantizer import QuantizerOutput, ResidualVectorQuantizer
 from codec.seanet import Decoder, Encoder
 from data.pretrained import config_from_dict, load_model, read_config, resolve_pretrained, save_model
@@ -58,6 +63,7 @@ class CodecConfig:
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.01  # relative to the usage a code would have if all were used equally
     kmeans_init: bool = True
+    pitch_bins: int = 0  # istft: > 0 codes F0 beside the RVQ in that many codes (0 for unvoiced); 0: no pitch stream
     model_type: str = field(default="echo_codec", init=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +86,11 @@ class CodecConfig:
             raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
         if not 0.0 <= self.quantizer_dropout <= 1.0:
             raise ValueError(f"quantizer_dropout is a probability in [0, 1], got {self.quantizer_dropout}")
+        if self.pitch_bins and not 3 <= self.pitch_bins <= self.codebook_size:
+            raise ValueError(f"pitch_bins must be 0 (no pitch stream) or between 3 and codebook_size "
+                             f"{self.codebook_size}, so that its codes share the LM's code space; got {self.pitch_bins}")
+        if self.pitch_bins and self.architecture != "istft":
+            raise ValueError("pitch_bins needs architecture='istft': the harmonic source feeds its STFT-frame decoder")
         if self.architecture == "seanet":
             self._check_seanet()
         else:
@@ -116,14 +127,22 @@ class CodecConfig:
 
     @property
     def bitrate(self) -> float:
-        """Bits per second with all codebooks."""
-        return self.frame_rate * self.n_q * math.log2(self.codebook_size)
+        """Bits per second with all codebooks (and the pitch stream)."""
+        return self.frame_rate * self.bits_per_frame(self.n_q + (1 if self.pitch_bins else 0))
+
+    def bits_per_frame(self, rows: int) -> float:
+        """Bits of the first `rows` rows of the codes: codebooks of log2(codebook_size) bits, and the pitch
+        stream's log2(pitch_bins) if row 2 is among them."""
+        pitch = self.pitch_bins > 0 and rows >= 2
+        return (rows - pitch) * math.log2(self.codebook_size) + (math.log2(self.pitch_bins) if pitch else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields this architecture reads (the other body's are left out), as JSON values."""
+        """The fields this architecture reads (the other body's are left out), as JSON values. A codec
+        without a pitch stream leaves `pitch_bins` out, so its config hash is the one it had before."""
         d = asdict(self)
         d["strides"], d["dilations"] = list(self.strides), list(self.dilations)
-        return {k: v for k, v in d.items() if k not in UNUSED_FIELDS[self.architecture]}
+        unused = UNUSED_FIELDS[self.architecture] + (() if self.pitch_bins else ("pitch_bins",))
+        return {k: v for k, v in d.items() if k not in unused}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
@@ -142,10 +161,12 @@ class EchoCodec(Codec):
     def __init__(self, config: CodecConfig):
         super().__init__()
         self.config = config
+        decoder_extra = {}
         if config.architecture == "istft":
             encoder, decoder = STFTEncoder, ISTFTDecoder
             body = dict(n_fft=config.n_fft, hop_length=config.hop_length, dim=config.width, depth=config.depth,
                         latent_dim=config.latent_dim)  # fmt: skip
+            decoder_extra = dict(sample_rate=config.sample_rate if config.pitch_bins else 0)
         else:
             encoder, decoder = Encoder, Decoder
             body = dict(channels=config.channels, strides=config.strides, latent_dim=config.latent_dim,
@@ -161,12 +182,19 @@ class EchoCodec(Codec):
             dead_code_threshold=config.dead_code_threshold,
             kmeans_init=config.kmeans_init,
         )
-        self.decoder = decoder(**body)
+        self.decoder = decoder(**body, **decoder_extra)
 
     sample_rate = property(lambda self: self.config.sample_rate)
     frame_rate = property(lambda self: self.config.frame_rate)
-    n_q = property(lambda self: self.config.n_q)
     codebook_size = property(lambda self: self.config.codebook_size)
+
+    @property
+    def n_q(self) -> int:
+        """Rows of the codes: the RVQ's codebooks, and the pitch stream if there is one."""
+        return self.config.n_q + (1 if self.config.pitch_bins else 0)
+
+    def bits_per_frame(self, n_q: int) -> float:
+        return self.config.bits_per_frame(n_q)
 
     @property
     def hop_length(self) -> int:
@@ -188,36 +216,87 @@ class EchoCodec(Codec):
         extra = -wav.shape[-1] % self.hop_length
         return torch.nn.functional.pad(wav, (0, extra))
 
+    def _layers(self, n_q: int | None) -> int:
+        """RVQ codebooks in the first `n_q` rows of the codes (all rows when None)."""
+        rows = self.n_q if n_q is None else n_q
+        if not 1 <= rows <= self.n_q:
+            raise ValueError(f"n_q must lie in 1..{self.n_q} (rows of this codec's codes), got {n_q}")
+        return rows - 1 if self.config.pitch_bins and rows >= 2 else rows
+
+    def _pitch_codes(self, padded: torch.Tensor) -> torch.Tensor:
+        """padded wav [B, 1, F * hop] -> pitch codes LongTensor [B, F]."""
+        return quantize_f0(frame_f0(padded, self.sample_rate, self.hop_length), self.config.pitch_bins)
+
+    def _with_pitch(self, rvq_codes: torch.Tensor, pitch_codes: torch.Tensor) -> torch.Tensor:
+        """The codes' row order: codebook 1, the pitch stream, codebooks 2.."""
+        return torch.cat([rvq_codes[:, :1], pitch_codes[:, None], rvq_codes[:, 1:]], dim=1)
+
+    def _split(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """codes [B, K, F] -> (RVQ codes, F0 in Hz [B, F] or None where the rows stop before the pitch stream)."""
+        if not self.config.pitch_bins or codes.shape[1] < 2:
+            return codes, None
+        pitch = codes[:, 1]
+        if pitch.max() >= self.config.pitch_bins:
+            raise ValueError(f"row 2 of these codes is the pitch stream, whose codes lie in 0..{self.config.pitch_bins - 1}; "
+                             f"got {int(pitch.max())}: were they made by this codec?")
+        rvq = torch.cat([codes[:, :1], codes[:, 2:]], dim=1)
+        return rvq, dequantize_f0(pitch, self.config.pitch_bins)
+
     def forward(self, wav: torch.Tensor, n_q: int | None = None, decode: bool = True) -> CodecOutput:
         """Training path: reconstruct `wav` [B, 1, T] through the quantizer (with quantizer dropout in train mode).
 
         decode=False stops after the quantizer (`wav` is then None): for losses on the codes alone.
+        With a pitch stream, items the quantizer dropout leaves one codebook decode without the pitch
+        half the time, so that codebook 1 alone still decodes.
         """
         self.check_wav(wav)
         T = wav.shape[-1]
-        latent = self.encoder(self._pad(wav))  # [B, D, F]
-        q = self.quantizer(latent, n_q=n_q)
-        out = self.decoder(q.z_q)[..., :T] if decode else None  # [B, 1, T]
-        return CodecOutput(wav=out, codes=q.codes, commitment_loss=q.commitment_loss, quantizer=q)
+        padded = self._pad(wav)
+        latent = self.encoder(padded)  # [B, D, F]
+        layers = self._layers(n_q)
+        q = self.quantizer(latent, n_q=layers)
+        codes, f0 = q.codes, None
+        if self.config.pitch_bins and (n_q is None or n_q >= 2):
+            pitch = self._pitch_codes(padded)
+            codes = self._with_pitch(q.codes, pitch)
+            f0 = dequantize_f0(pitch, self.config.pitch_bins)
+            if self.training:
+                one_layer = ~q.layer_mask[:, 1] if layers > 1 else torch.ones_like(q.layer_mask[:, 0])
+                dropped = one_layer & (torch.rand(one_layer.shape, device=wav.device) < 0.5)
+                f0 = torch.where(dropped[:, None], torch.zeros_like(f0), f0)  # 0 everywhere: no harmonic source
+        out = self._decode_latent(q.z_q, f0)[..., :T] if decode else None  # [B, 1, T]
+        return CodecOutput(wav=out, codes=codes, commitment_loss=q.commitment_loss, quantizer=q)
+
+    def _decode_latent(self, z_q: torch.Tensor, f0: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(z_q) if f0 is None else self.decoder(z_q, f0)
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
-        """wav [B, 1, T] -> codes LongTensor [B, K, ceil(T / hop_length)]."""
+        """wav [B, 1, T] -> codes LongTensor [B, K, ceil(T / hop_length)], K = n_q rows (all when None)."""
         self.check_wav(wav)
-        latent = self.encoder(self._pad(wav))
-        return self.quantizer.encode(latent, n_q=n_q)
+        padded = self._pad(wav)
+        codes = self.quantizer.encode(self.encoder(padded), n_q=self._layers(n_q))
+        if self.config.pitch_bins and (n_q is None or n_q >= 2):
+            codes = self._with_pitch(codes, self._pitch_codes(padded))
+        return codes
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, F] (the first K codebooks) -> wav [B, 1, F * hop_length]."""
+        """codes [B, K, F] (the first K rows) -> wav [B, 1, F * hop_length]."""
         self.check_codes(codes)
-        return self.decoder(self.quantizer.decode(codes))
+        rvq, f0 = self._split(codes)
+        return self._decode_latent(self.quantizer.decode(rvq), f0)
 
     @torch.no_grad()
     def decode_expected(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """probabilities [B, K, F, C] -> wav [B, 1, F * hop_length], each codebook's expected code vector decoded."""
+        """probabilities [B, K, F, C] -> wav [B, 1, F * hop_length], each codebook's expected code vector decoded
+        (the pitch stream's most likely code among its `pitch_bins`: an average of two F0s is neither)."""
         self.check_probabilities(probabilities)
-        return self.decoder(self.quantizer.decode_expected(probabilities))
+        f0 = None
+        if self.config.pitch_bins and probabilities.shape[1] >= 2:
+            f0 = dequantize_f0(probabilities[:, 1, :, : self.config.pitch_bins].argmax(-1), self.config.pitch_bins)
+            probabilities = torch.cat([probabilities[:, :1], probabilities[:, 2:]], dim=1)
+        return self._decode_latent(self.quantizer.decode_expected(probabilities), f0)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return save_model(directory, self.config.to_dict(), self)

@@ -7,7 +7,9 @@
 
 With `--decoder_only_from`, a trained codec's encoder and quantizer stay frozen and only its
 decoder trains (as Vocos renders EnCodec's tokens): the tokens do not change, so token shards
-and language models made with that codec stay valid with the new decoder.
+and language models made with that codec stay valid with the new decoder. Adding
+`--add_pitch_stream 64` gives that decoder a pitch stream (codec/pitch.py): the codebooks stay
+those of the trained codec, with F0 in 64 codes as a new row 2 of its codes.
 
 Any config key can be overridden: `--steps 2000 --model.n_q 4 --loss_weights.mel 30`.
 The run directory receives config.yaml, TensorBoard logs, checkpoints, audio samples and,
@@ -19,7 +21,7 @@ from __future__ import annotations
 import itertools
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -82,6 +84,7 @@ class TrainCodecConfig(TrainingConfig):
     phonetic_max_seconds: float = 6.0  # longer utterances are left out of it
     val_items: int = 16
     decoder_only_from: str = ""  # a trained codec: train only its decoder; its encoder and quantizer stay frozen
+    add_pitch_stream: int = 0  # with decoder_only_from: F0 coded in this many codes beside its RVQ (codec/pitch.py)
     run_dir: str = "runs/codec"
     lr: float = 3e-4
     grad_clip: float = 10.0
@@ -133,15 +136,33 @@ def validate(codec: EchoCodec, dev: AudioSegments, items: int, probe: PhoneticPr
 def build_codec(run: Run) -> tuple[EchoCodec, bool]:
     """A fresh codec of the config, or (decoder_only_from) a trained one whose decoder alone trains."""
     cfg = run.config
+    if cfg.add_pitch_stream and not cfg.decoder_only_from:
+        raise SystemExit("--add_pitch_stream upgrades a trained codec (--decoder_only_from); a new codec takes "
+                         "--model.pitch_bins")
     if not cfg.decoder_only_from:
         return EchoCodec(cfg.model), False
     if "model" in run.overrides:
-        raise SystemExit("--decoder_only_from keeps the trained codec's architecture: drop the --model.* overrides")
+        raise SystemExit("--decoder_only_from keeps the trained codec's architecture: drop the --model.* overrides "
+                         "(--add_pitch_stream N gives its decoder a pitch stream)")
     codec = EchoCodec.from_pretrained(cfg.decoder_only_from).train()
+    if cfg.add_pitch_stream:
+        codec = with_pitch_stream(codec, cfg.add_pitch_stream)
     codec.encoder.requires_grad_(False)
     codec.quantizer.requires_grad_(False)
     cfg.model = codec.config  # the trained codec's architecture, recorded in config.yaml
     return codec, True
+
+
+def with_pitch_stream(codec: EchoCodec, pitch_bins: int) -> EchoCodec:
+    """The trained `codec` with a pitch stream of `pitch_bins` codes; the new harmonic source starts at zero,
+    so the result decodes as `codec` did until its decoder trains."""
+    if codec.config.pitch_bins:
+        raise SystemExit(f"{codec.config.pitch_bins} pitch codes are part of this codec's tokens; "
+                         "train a new codec to change them")
+    upgraded = EchoCodec(replace(codec.config, pitch_bins=pitch_bins)).train()
+    missing, unexpected = upgraded.load_state_dict(codec.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("decoder.source.") for key in missing), (missing, unexpected)
+    return upgraded
 
 
 def load_data(cfg: TrainCodecConfig) -> tuple[AudioSegments, AudioSegments, DataLoader]:
@@ -209,7 +230,7 @@ def log_validation(run: Run, step: int, codec: EchoCodec, dev_set: AudioSegments
         writer.add_image(f"spectrograms/{name}", spectrogram_image(sample, sr), step, dataformats="HWC")
         write_audio(run.directory / "samples" / f"step{step}_{name.replace('/', '_')}.wav", sample, sr)
     tqdm.write(
-        f"step {step}: val mel distance {result[f'mel_distance_q{cfg.model.n_q}']:.3f} "
+        f"step {step}: val mel distance {result[f'mel_distance_q{codec.n_q}']:.3f} "
         f"(codebook 1 only: {result['mel_distance_q1']:.3f})"
         + (f"; phoneme error rate from codebook 1 {result['phoneme_error_rate_q1']:.1%}"
            if "phoneme_error_rate_q1" in result else "")

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import pickle
 import signal
@@ -143,6 +144,23 @@ def test_decoder_only_training_changes_the_decoder_and_keeps_the_tokens(corpus, 
     for name, value in base.state_dict().items():
         if not name.startswith("decoder."):
             assert torch.equal(tuned.state_dict()[name], value), f"{name} changed"
+
+
+def test_decoder_only_training_adds_a_pitch_stream_and_keeps_the_codebooks(corpus, tmp_path):
+    istft = ["--model.architecture", "istft", "--model.strides", "[160]", "--model.n_fft", "400",
+             "--model.width", "16", "--model.depth", "1"]
+    finish(train(corpus, tmp_path / "base", "--steps", "3", "--val_every", "3", *istft))
+    base_dir = str(tmp_path / "base" / "model")
+    finish(train(corpus, tmp_path / "pitch", "--steps", "3", "--val_every", "3", "--decoder_only_from", base_dir,
+                 "--add_pitch_stream", "8"))
+    base, tuned = load_codec(base_dir), load_codec(tmp_path / "pitch" / "model")
+    assert tuned.config.pitch_bins == 8 and tuned.n_q == base.n_q + 1
+    t = torch.arange(3200) / 16000
+    wav = (0.3 * torch.sin(2 * math.pi * 180 * t))[None, None]
+    codes = tuned.encode(wav)
+    assert torch.equal(codes[:, [0, 2]], base.encode(wav))  # the codebooks are the base codec's: row 2 is F0
+    assert torch.all(codes[0, 1, 2:-2] > 0)  # a voiced tone
+    assert tuned.decoder.source.gain.abs().sum() > 0  # the harmonic source trained
 
 
 def test_bf16_autocast_trains_on_cpu(corpus, tmp_path):
