@@ -59,11 +59,12 @@ def harmonic_excitation(f0: torch.Tensor, sample_rate: int, hop_length: int) -> 
     f0 = f0.float().repeat_interleave(hop_length, dim=1)  # [B, T]: one F0 per sample, held over its frame
     phase = torch.cumsum(2 * math.pi * f0 / sample_rate, dim=1)
     excitation = torch.zeros_like(phase)
+    voiced = f0 > 0  # the phase holds still where F0 is 0: its sines would be a constant there, not silence
     for k in range(1, int(sample_rate / 2 / PITCH_FMIN) + 1):
-        below_nyquist = k * f0 < sample_rate / 2
-        if not below_nyquist.any():
+        sounding = voiced & (k * f0 < sample_rate / 2)
+        if not sounding.any():
             break
-        excitation = excitation + torch.sin(k * phase) * below_nyquist
+        excitation = excitation + torch.sin(k * phase) * sounding
     return excitation
 
 

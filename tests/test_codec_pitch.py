@@ -46,10 +46,10 @@ def test_frame_f0_follows_a_tone_frame_by_frame():
 
 
 def test_harmonic_excitation_has_the_harmonics_below_nyquist_and_is_silent_when_unvoiced():
-    f0 = torch.tensor([[0.0] * 10 + [1000.0] * 100])
+    f0 = torch.tensor([[0.0] * 10 + [1000.0] * 100 + [0.0] * 10 + [123.0] * 10])
     x = harmonic_excitation(f0, SR, HOP)[0]
-    assert x.shape == (110 * HOP,)
-    assert torch.all(x[: 10 * HOP] == 0)
+    assert x.shape == (130 * HOP,)
+    assert torch.all(x[: 10 * HOP] == 0) and torch.all(x[110 * HOP : 120 * HOP] == 0)  # unvoiced: silence
     spectrum = torch.fft.rfft(x[20 * HOP : 20 * HOP + SR // 2]).abs()  # 0.5 s: a bin every 2 Hz
     harmonics = spectrum[torch.arange(1, 8) * 500]  # 1, 2, ..., 7 kHz
     assert torch.all(harmonics > 100 * spectrum.median())
