@@ -102,6 +102,14 @@ class CodecReport:
         """The report as strict JSON: a metric that could not be computed is null, not NaN."""
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
+    def _usage(self, k: int) -> str:
+        """Row k's usage; an Echo codec's pitch stream (row 2) counts against its own pitch_bins codes."""
+        used, ppl = self.usage.fraction_used[k], self.usage.perplexity[k]
+        pitch_bins = self.codec.get("pitch_bins", 0)
+        if k == 1 and pitch_bins:
+            return f"2 (F0): {used * self.usage.codebook_size / pitch_bins:.0%} / {ppl:.0f} of {pitch_bins}"
+        return f"{k + 1}: {used:.0%} / {ppl:.0f}"
+
     def to_markdown(self) -> str:
         """A table with one row per bitrate, then the items, the speed and the codebook usage."""
         lines = [
@@ -124,10 +132,7 @@ class CodecReport:
             + ".",
             "Codebook usage (fraction used / perplexity of "
             + f"{self.usage.codebook_size}): "
-            + ", ".join(
-                f"{k + 1}: {used:.0%} / {ppl:.0f}"
-                for k, (used, ppl) in enumerate(zip(self.usage.fraction_used, self.usage.perplexity))
-            )
+            + ", ".join(self._usage(k) for k in range(len(self.usage.fraction_used)))
             + ".",
         ]
         return "\n".join(lines) + "\n"
@@ -360,7 +365,9 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _codec_fields(codec: Codec) -> dict[str, Any]:
     try:
-        return codec.identity.to_dict()
+        fields = codec.identity.to_dict()
+        pitch_bins = getattr(getattr(codec, "config", None), "pitch_bins", 0)
+        return fields | ({"pitch_bins": pitch_bins} if pitch_bins else {})
     except NotImplementedError:
         return {
             "name": type(codec).__name__,

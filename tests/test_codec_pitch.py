@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from codec.evaluation import evaluate_codec
 from codec.metrics import bitrate
 from codec.model import CodecConfig, EchoCodec
 from codec.pitch import PITCH_FMAX, PITCH_FMIN, dequantize_f0, frame_f0, harmonic_excitation, quantize_f0
@@ -84,6 +85,15 @@ def test_codes_carry_the_pitch_as_row_two_and_every_prefix_decodes():
     assert torch.equal(codec.decode_expected(probabilities), codec.decode(codes))
     probabilities[:, 1, :, 12] = 2.0  # the most likely code is not a pitch code
     assert torch.equal(codec.decode_expected(probabilities), codec.decode(codes))
+
+
+def test_the_evaluation_report_names_the_pitch_row_and_its_bitrates():
+    torch.manual_seed(0)
+    codec = EchoCodec(CodecConfig(**TINY, pitch_bins=8)).eval()
+    report = evaluate_codec(codec, [("glide", tone([150.0, 250.0])[0, 0])], n_q_values=[3, 2, 1])
+    assert [s.kbps for s in report.summaries] == [1.1, 0.7, 0.4]
+    usage = report.to_markdown().split("Codebook usage")[1]
+    assert "2 (F0): " in usage and "of 8" in usage  # its usage counts against its 8 codes, not the 16
 
 
 def test_a_new_pitch_stream_decodes_as_before_until_it_trains():
