@@ -9,8 +9,8 @@ the codec's `identity` and refuses tokens from another codec.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any

@@ -216,12 +216,13 @@ class EchoCodec(Codec):
         extra = -wav.shape[-1] % self.hop_length
         return torch.nn.functional.pad(wav, (0, extra))
 
-    def _layers(self, n_q: int | None) -> int:
-        """RVQ codebooks in the first `n_q` rows of the codes (all rows when None)."""
+    def _rows(self, n_q: int | None) -> tuple[int, bool]:
+        """What the first `n_q` rows of the codes hold (all rows when None): (RVQ codebooks, the pitch stream?)."""
         rows = self.n_q if n_q is None else n_q
         if not 1 <= rows <= self.n_q:
             raise ValueError(f"n_q must lie in 1..{self.n_q} (rows of this codec's codes), got {n_q}")
-        return rows - 1 if self.config.pitch_bins and rows >= 2 else rows
+        pitch = self.config.pitch_bins > 0 and rows >= 2
+        return rows - pitch, pitch
 
     def _pitch_codes(self, padded: torch.Tensor) -> torch.Tensor:
         """padded wav [B, 1, F * hop] -> pitch codes LongTensor [B, F]."""
@@ -253,10 +254,10 @@ class EchoCodec(Codec):
         T = wav.shape[-1]
         padded = self._pad(wav)
         latent = self.encoder(padded)  # [B, D, F]
-        layers = self._layers(n_q)
+        layers, with_pitch = self._rows(n_q)
         q = self.quantizer(latent, n_q=layers)
         codes, f0 = q.codes, None
-        if self.config.pitch_bins and (n_q is None or n_q >= 2):
+        if with_pitch:
             pitch = self._pitch_codes(padded)
             codes = self._with_pitch(q.codes, pitch)
             f0 = dequantize_f0(pitch, self.config.pitch_bins)
@@ -275,8 +276,9 @@ class EchoCodec(Codec):
         """wav [B, 1, T] -> codes LongTensor [B, K, ceil(T / hop_length)], K = n_q rows (all when None)."""
         self.check_wav(wav)
         padded = self._pad(wav)
-        codes = self.quantizer.encode(self.encoder(padded), n_q=self._layers(n_q))
-        if self.config.pitch_bins and (n_q is None or n_q >= 2):
+        layers, with_pitch = self._rows(n_q)
+        codes = self.quantizer.encode(self.encoder(padded), n_q=layers)
+        if with_pitch:
             codes = self._with_pitch(codes, self._pitch_codes(padded))
         return codes
 

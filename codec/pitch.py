@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.audio import f0_contour
+from data.audio import F0_WINDOW_SECONDS, f0_contour
 
 PITCH_FMIN, PITCH_FMAX = 60.0, 450.0  # Hz: the range of the F0 tracker and of the codes
-ANALYSIS_SECONDS = 0.04  # the tracker's window (data.audio.f0_contour)
 LOG_FLOOR = 1e-2  # of the excitation's magnitude before its log: how deep the comb's valleys go
 # The comb's gain is a parameter scaled by this, so that it learns as fast as a weight 4x larger: the
 # gains the trained decoders settle on (a few tenths) took most of a 1500-step run at lr 3e-4 even so.
@@ -33,7 +32,7 @@ def frame_f0(wav: torch.Tensor, sample_rate: int, hop_length: int) -> torch.Tens
     """wav [B, 1, F * hop] -> F0 in Hz [B, F] of a 40 ms window centred on each codec frame; 0 where unvoiced."""
     B, _, T = wav.shape
     n_frames = T // hop_length
-    window = int(ANALYSIS_SECONDS * sample_rate)
+    window = int(F0_WINDOW_SECONDS * sample_rate)
     pad = max(window - hop_length, 0) // 2
     signals = F.pad(wav.detach().float().reshape(B, T), (pad, pad + window)).cpu().numpy()
     f0 = np.stack([f0_contour(x, sample_rate, PITCH_FMIN, PITCH_FMAX, hop_length)[:n_frames] for x in signals])

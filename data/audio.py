@@ -165,6 +165,9 @@ def write_audio(path: str | Path, wav: torch.Tensor | np.ndarray, sample_rate: i
     return write_file(path, lambda tmp: sf.write(str(tmp), data, sample_rate, format=fmt, subtype=subtype))
 
 
+F0_WINDOW_SECONDS = 0.04  # f0_contour's analysis window
+
+
 def f0_contour(wav: np.ndarray | torch.Tensor, sample_rate: int, fmin: float = 60.0, fmax: float = 450.0,
                hop_length: int | None = None) -> np.ndarray:
     """F0 in Hz of each 40 ms frame, every `hop_length` samples (10 ms by default); NaN where a frame is
@@ -174,7 +177,7 @@ def f0_contour(wav: np.ndarray | torch.Tensor, sample_rate: int, fmin: float = 6
     1 / fmax and 1 / fmin, and quiet when its energy is under 1 % of the loudest frame's.
     """
     wav = np.asarray(wav, dtype=np.float64).reshape(-1)
-    frame, hop = int(0.04 * sample_rate), hop_length or int(0.01 * sample_rate)
+    frame, hop = int(F0_WINDOW_SECONDS * sample_rate), hop_length or int(0.01 * sample_rate)
     if wav.size < frame:
         return np.zeros(0)
     frames = np.lib.stride_tricks.sliding_window_view(wav, frame)[::hop]
