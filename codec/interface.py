@@ -29,13 +29,18 @@ class CodecIdentity:
     frame_rate: float
     n_q: int
     codebook_size: int
+    pitch_bins: int = 0  # > 0: row 2 of the codes is F0 in that many codes (codec/pitch.py), counted in n_q
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Without `pitch_bins` when there is no pitch stream: such identities read as they did before it."""
+        d = asdict(self)
+        if not self.pitch_bins:
+            del d["pitch_bins"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecIdentity":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d or k != "pitch_bins"})
 
     def check_compatible(self, other: "CodecIdentity", what: str = "these tokens") -> None:
         """Raise ValueError naming every field where `other` (e.g. a shard's codec) differs from `self`."""

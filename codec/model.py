@@ -209,6 +209,7 @@ class EchoCodec(Codec):
             frame_rate=self.frame_rate,
             n_q=self.n_q,
             codebook_size=self.codebook_size,
+            pitch_bins=self.config.pitch_bins,
         )
 
     def _pad(self, wav: torch.Tensor) -> torch.Tensor:

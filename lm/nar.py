@@ -14,6 +14,14 @@ read on the target frames only; prompt frames and pads carry no loss.
 
 `stage` is an int (the same j for the whole batch) or a LongTensor [B] (one j per item, as the
 training recipe samples it).
+
+A codec with a pitch stream (`CodecConfig.pitch_bins`) puts F0 in row 2 of the codes, so the NAR's
+first stage predicts the pitch. It predicts it relative to the prompt's register: inside the model,
+every voiced pitch code (prompt, target input and label) is shifted so that the median voiced code
+of the item's prompt sits in the middle of the code range, and the logits are shifted back. The
+register is then copied from the prompt exactly and the network only learns the contour. Its
+logits are in the codec's own pitch codes in and out, with the codes the shift or the pitch range
+cannot reach masked out.
 """
 
 from __future__ import annotations
@@ -51,6 +59,38 @@ class NARConfig(LMConfig):
         return range(2, self.n_q + 1)
 
 
+PITCH_ROW = 1  # the pitch stream's row (0-based) in the codes of a codec with one (codec/model.py)
+
+
+def pitch_register(pitch: torch.Tensor, valid: torch.Tensor, bins: int) -> torch.Tensor:
+    """Pitch codes [B, P] and their validity [B, P] -> the (lower) median voiced code per item [B];
+    the middle code bins // 2 for an item with no voiced frame."""
+    voiced = valid & (pitch > 0)
+    count = voiced.sum(1)
+    ordered = torch.where(voiced, pitch.long(), bins).sort(1).values  # voiced codes first, ascending
+    median = ordered.gather(1, ((count - 1).clamp(min=0) // 2)[:, None])[:, 0] if pitch.shape[1] else count
+    return torch.where(count > 0, median, bins // 2)
+
+
+def to_register(pitch: torch.Tensor, register: torch.Tensor, bins: int) -> torch.Tensor:
+    """Absolute pitch codes [B, T] -> codes relative to `register` [B], which maps to bins // 2;
+    0 (unvoiced) stays 0 and voiced codes stay within 1..bins-1 (clamped)."""
+    shifted = (pitch.long() - register[:, None] + bins // 2).clamp(1, bins - 1)
+    return torch.where(pitch > 0, shifted, 0)
+
+
+def from_register(logits: torch.Tensor, register: torch.Tensor, bins: int) -> torch.Tensor:
+    """Logits over relative pitch codes [B, T, C] -> logits over absolute codes [B, T, C]; codes the
+    shift cannot reach, and codes >= bins, get the lowest logit (probability 0)."""
+    B, T, C = logits.shape
+    code = torch.arange(C, device=logits.device)
+    relative = code - register[:, None] + bins // 2  # [B, C]: the relative code of each absolute one
+    reachable = (code >= 1) & (code < bins) & (relative >= 1) & (relative < bins)
+    relative = torch.where(code == 0, 0, relative.clamp(0, C - 1))
+    absolute = logits.gather(2, relative[:, None].expand(B, T, C))
+    return absolute.masked_fill(~(reachable | (code == 0))[:, None], torch.finfo(logits.dtype).min)
+
+
 class NAROutput(LMOutput):
     """logits [B, T, C] for each item's codebook j; loss, top1, top10 over the real target frames."""
 
@@ -74,6 +114,8 @@ class NARModel(PretrainedLM):
         )  # stage j at index j - 2
         for embedding in (self.text_embedding, *self.audio_embeddings):
             nn.init.normal_(embedding.weight, std=D**-0.5)  # scaled by sqrt(D) on input: unit variance
+        codec = config.codec_identity
+        self.pitch_bins = codec.pitch_bins if codec is not None else 0
 
     def _stages(self, stage: int | torch.Tensor, B: int, device: torch.device) -> torch.Tensor:
         """stage (int or [B]) -> LongTensor [B], checked to lie in 2..K."""
@@ -99,6 +141,10 @@ class NARModel(PretrainedLM):
             x = x + self.audio_embeddings[k](codes[:, k]) * used[:, k, None, None]
         return x
 
+    def _register(self, prompt: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+        """The median voiced pitch code of each item's prompt [B] (a pitch codec's NAR only)."""
+        return pitch_register(prompt[:, PITCH_ROW], frame_mask(prompt_lengths, prompt.shape[2]), self.pitch_bins)
+
     def _logits(self, text: torch.Tensor, text_lengths: torch.Tensor, prompt: torch.Tensor,
                 prompt_lengths: torch.Tensor, codes: torch.Tensor, code_lengths: torch.Tensor,
                 stage: torch.Tensor) -> torch.Tensor:
@@ -107,6 +153,13 @@ class NARModel(PretrainedLM):
         layout = Layout.build(text_lengths, N, [(prompt_lengths, P), (code_lengths, T)])
         text = text.long().masked_fill(~layout.valid[:, :N], self.config.text_pad_id)
         prompt = prompt[:, :K] if P else prompt.new_zeros(B, K, 0)
+        register = None
+        if self.pitch_bins:
+            register = self._register(prompt, prompt_lengths)
+            prompt, codes = prompt.clone(), codes.clone()
+            prompt[:, PITCH_ROW] = to_register(prompt[:, PITCH_ROW], register, self.pitch_bins)
+            if codes.shape[1] > PITCH_ROW:
+                codes[:, PITCH_ROW] = to_register(codes[:, PITCH_ROW], register, self.pitch_bins)
         every = torch.ones(B, K, dtype=torch.bool, device=text.device)
         below_j = torch.arange(stage.max() - 1, device=text.device) < (stage[:, None] - 1)  # [B, j_max - 1]
         audio = torch.cat([
@@ -125,6 +178,8 @@ class NARModel(PretrainedLM):
             items = stage == j
             weight = self.heads[j - 2].weight if self.heads is not None else self.audio_embeddings[j - 1].weight  # [C, D]
             logits[items] = F.linear(h[items], weight).to(logits.dtype)  # autocast computes it in half
+            if register is not None and j - 1 == PITCH_ROW:
+                logits[items] = from_register(logits[items], register[items], self.pitch_bins)
         return logits
 
     def _check(self, text, text_lengths, prompt, prompt_lengths, codes, code_lengths, codebooks: int) -> None:
@@ -142,6 +197,10 @@ class NARModel(PretrainedLM):
         logits = self._logits(text, text_lengths, prompt, prompt_lengths, codes, code_lengths, stage)  # [B, T, C]
         B, T = logits.shape[:2]
         labels = codes.long().gather(1, (stage - 1)[:, None, None].expand(B, 1, T))[:, 0]  # [B, T]: codebook j
+        if self.pitch_bins:  # a pitch label beyond the shift's reach counts as the nearest code it reaches
+            register = self._register(prompt, prompt_lengths)
+            clamped = to_register(labels, register, self.pitch_bins) + register[:, None] - self.pitch_bins // 2
+            labels = torch.where((stage - 1 == PITCH_ROW)[:, None] & (labels > 0), clamped, labels)
         labels = labels.masked_fill(~frame_mask(code_lengths, T), IGNORE)
         return NAROutput(**vars(token_loss(logits, labels)))
 
