@@ -53,6 +53,17 @@ def dequantize_f0(codes: torch.Tensor, bins: int) -> torch.Tensor:
     return torch.where(codes > 0, f0, torch.zeros_like(f0))
 
 
+def pitch_agreement(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:
+    """How close predicted pitch codes come to the true ones, as sums to pool over batches: float64 [4] =
+    (frames, frames whose voicing agrees, frames both call voiced, of those the ones within a semitone).
+    predicted, target [B, T] codes, mask [B, T] the real frames."""
+    predicted, target = predicted[mask].long(), target[mask].long()
+    both = (predicted > 0) & (target > 0)
+    semitones = (predicted[both] - target[both]).abs() * 12 * math.log2(PITCH_FMAX / PITCH_FMIN) / (bins - 2)
+    return torch.tensor([mask.sum(), ((predicted > 0) == (target > 0)).sum(), both.sum(),
+                         (semitones <= 1.0).sum()], dtype=torch.float64)
+
+
 def harmonic_excitation(f0: torch.Tensor, sample_rate: int, hop_length: int) -> torch.Tensor:
     """F0 in Hz [B, F] (0: unvoiced) -> [B, F * hop] the sum of every harmonic below Nyquist, phase-continuous."""
     f0 = f0.float().repeat_interleave(hop_length, dim=1)  # [B, T]: one F0 per sample, held over its frame

@@ -100,6 +100,14 @@ def _language_models(state: dict[str, Any]) -> list[str]:
                   ("`reading_gap`: top-1 with the real text minus top-1 with each item's text shuffled; "
                    "`attention/…`: its attention onto the text in its most focused layer."), ""]
         lines += table(["measure", "value"], reading)
+    pitch = [[key.removeprefix("nar/pitch/"), number(value, 3)] for result in validation.values()
+             for key, value in result.items() if key.startswith("nar/pitch/")]
+    if pitch:
+        lines += ["### Does the NAR say the pitch?", "",
+                  ("The codec's pitch stream as the NAR predicts it from the recording's codebook 1: `voicing`, "
+                   "the share of frames it calls voiced or unvoiced rightly; `within_semitone`, of the frames "
+                   "both call voiced, the share within a semitone of the recording's F0."), ""]
+        lines += table(["measure", "value"], pitch)
     return lines
 
 

@@ -29,12 +29,14 @@ from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from codec.pitch import pitch_agreement
 from data.lm_data import FrameBudgetBatchSampler, LMBatch, LMDataset, PromptConfig
 from data.pretrained import write_directory
 from data.tokens import TokenCorpus
 from lm.ar import ARConfig, ARModel
-from lm.nar import NARConfig, NARModel
+from lm.layout import frame_mask
 from lm.losses import LMOutput
+from lm.nar import PITCH_ROW, NARConfig, NARModel
 from lm.pretrained import LMConfig, PretrainedLM, text_vocab_identity
 from lm.reading import attention_stats, shuffle_text
 from recipes.training import CONFIG_DIR, Run, TrainingConfig, adamw, lr_at, set_lr, start_run
@@ -136,7 +138,10 @@ def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int
     For the AR also what reading buys (lm/reading.py): the same batches with each item's text
     shuffled (`ar/shuffled_text/*`, and `ar/reading_gap` = top-1 minus shuffled top-1), and its
     attention onto the text on the first batch (focus rate, monotonicity, error against the
-    aligner's durations where the corpus has them) for the layer that focuses most. Returns the
+    aligner's durations where the corpus has them) for the layer that focuses most. For a NAR of a
+    codec with a pitch stream also its most likely pitch codes against the true ones (`nar/pitch/*`:
+    the share of frames whose voicing it gets right, and of the frames both call voiced the share
+    within a semitone). Returns the
     figures and, for the first item, that layer's attention [T, N] and its text ids [N] (None
     without an AR).
     """
@@ -145,6 +150,7 @@ def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int
     sums: dict[str, list[float]] = {}
     generator = torch.Generator().manual_seed(seed)
     attention_figures, first_attention = {}, None
+    pitch = torch.zeros(4, dtype=torch.float64)  # codec.pitch.pitch_agreement's sums
 
     def add(name: str, out) -> None:
         n = float(out.n_tokens)
@@ -174,13 +180,21 @@ def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int
                 first_attention = maps[best, 0, :T, :N].cpu(), batch.text[0, :N].cpu()
         if "nar" in models:
             for j in range(2, n_q + 1):
-                add(f"nar/codebook_{j}", models["nar"](*args, stage=j))
+                out = models["nar"](*args, stage=j)
+                add(f"nar/codebook_{j}", out)
+                if models["nar"].pitch_bins and j - 1 == PITCH_ROW:
+                    mask = frame_mask(batch.code_lengths, batch.codes.shape[2])
+                    pitch += pitch_agreement(out.logits.argmax(-1), batch.codes[:, PITCH_ROW], mask,
+                                             models["nar"].pitch_bins)
     for model in models.values():
         model.train()
     result = {}
     for name, (loss, top1, top10, n) in sums.items():
         n = max(n, 1.0)
         result.update({f"{name}/loss": loss / n, f"{name}/top1": top1 / n, f"{name}/top10": top10 / n})
+    if pitch[0]:
+        result["nar/pitch/voicing"] = float(pitch[1] / pitch[0])
+        result["nar/pitch/within_semitone"] = float(pitch[3] / pitch[2].clamp(min=1))
     if "ar/codebook_1/top1" in result:
         result["ar/reading_gap"] = result["ar/codebook_1/top1"] - result["ar/shuffled_text/top1"]
     return result | attention_figures, first_attention
@@ -325,9 +339,9 @@ def log_validation(run: Run, models: dict[str, PretrainedLM], dev_loader: DataLo
         run.accelerator.get_tracker("tensorboard").writer.add_figure("val/ar/attention", figure, step)
     shown = ", ".join(f"{k.removesuffix('/top1').replace('/codebook_', ' q')} {v:.3f}"
                       for k, v in result.items() if k.endswith("top1"))
-    reading = ", ".join(f"{k.removeprefix('ar/')} {v:.3f}" for k, v in result.items()
-                        if k == "ar/reading_gap" or k.startswith("ar/attention/"))
-    tqdm.write(f"step {step}: dev top-1 accuracy: {shown}" + (f"; {reading}" if reading else ""))
+    instruments = ", ".join(f"{k.removeprefix('ar/')} {v:.3f}" for k, v in result.items()
+                            if k == "ar/reading_gap" or k.startswith(("ar/attention/", "nar/pitch/")))
+    tqdm.write(f"step {step}: dev top-1 accuracy: {shown}" + (f"; {instruments}" if instruments else ""))
     (run.directory / f"validation-{cfg.stage}.json").write_text(json.dumps({"step": step, **result}, indent=2))
 
 

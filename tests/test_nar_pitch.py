@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from codec.interface import CodecIdentity
+from codec.pitch import pitch_agreement
+from data.lm_data import LMBatch
 from lm.nar import NARConfig, NARModel, from_register, pitch_register, to_register
+from recipes.train_lm import validate
 
 V, C, K, BINS = 24, 32, 4, 16  # text vocabulary, code space, rows (codebook 1, F0, codebooks 2-3), pitch codes
 PITCH_CODEC = CodecIdentity(name="echo", config_hash="0123456789abcdef", sample_rate=16000, frame_rate=50.0,
@@ -89,3 +92,25 @@ def test_pitch_loss_falls_and_a_label_out_of_reach_counts_as_the_nearest_code():
         losses.append(out.loss.item())
     assert torch.isfinite(torch.tensor(losses)).all()
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_pitch_agreement_counts_voicing_and_semitones():
+    bins = 64  # 0.56 semitones a code
+    target = torch.tensor([[0, 10, 10, 10, 10, 0], [20, 20, 0, 0, 0, 0]])
+    predicted = torch.tensor([[0, 10, 11, 13, 0, 5], [22, 21, 0, 0, 7, 7]])
+    mask = torch.tensor([[True] * 6, [True, True, True, False, False, False]])
+    frames, voicing, both, within = pitch_agreement(predicted, target, mask, bins).tolist()
+    assert (frames, voicing, both) == (9, 7, 5)  # wrong voicing: frame 4 and 5 of item 1; pads not counted
+    assert within == 3  # 0 and 1 code off (frames 1, 2 of item 1; frame 1 of item 2); 3 and 2 codes are over a semitone
+
+
+def test_validation_reports_the_pitch_of_a_pitch_codec():
+    model, x = pitch_nar(), pitch_batch()
+    batch = LMBatch(**x, ids=["a", "b"], speakers=["s", "s"], prompt_modes=["speaker"] * 2)
+    figures, _ = validate({"nar": model}, [batch], n_batches=1, n_q=K, device="cpu")
+    assert 0 <= figures["nar/pitch/within_semitone"] <= 1
+    predicted = model(**x, stage=2).logits.argmax(-1)
+    voiced_right = ((predicted > 0) == (x["codes"][:, 1] > 0))[0].sum() + ((predicted > 0) == (x["codes"][:, 1] > 0))[1, :6].sum()
+    assert figures["nar/pitch/voicing"] == pytest.approx(float(voiced_right) / 14)
+    assert "nar/codebook_2/top1" in figures and "nar/pitch/voicing" not in validate(
+        {"nar": NARModel(NARConfig(**TINY)).eval()}, [batch], n_batches=1, n_q=K, device="cpu")[0]

@@ -247,3 +247,25 @@ def test_two_processes_train_different_batches_into_the_same_weights_and_resume_
     final = [{e["checkpoint"]: e["weights"] for e in second[rank] if "checkpoint" in e} for rank in (0, 1)]
     assert final[0][last + 2] == final[1][last + 2]
     assert (run_dir / "model" / "ar" / "model.safetensors").is_file()
+
+
+def test_a_pitch_codecs_nar_predicts_relative_pitch_and_validates_it(workspace, tmp_path):
+    """Tokens of a codec with a pitch stream: the NAR learns the codec's pitch_bins from them, and its
+    validation reports how well it says the pitch."""
+    torch.manual_seed(0)
+    codec = EchoCodec(CodecConfig(sample_rate=16000, architecture="istft", strides=(160,), n_fft=400, width=16,
+                                  depth=1, latent_dim=8, n_q=2, codebook_size=16, pitch_bins=8)).eval()
+    codec.save_pretrained(tmp_path / "codec")
+    manifests = {split: read_manifest(workspace / "corpus" / f"{split}.jsonl") for split in ("train", "dev")}
+    utterances = manifests["train"] + manifests["dev"]
+    tokenize_corpus(codec, TokenCorpus.open(workspace / "tokens").frontend, utterances, tmp_path / "tokens",
+                    splits=["train"] * len(manifests["train"]) + ["dev"] * len(manifests["dev"]))
+    run_dir = tmp_path / "run"
+    finish(subprocess.Popen(
+        [sys.executable, str(RECIPES / "train_lm.py"), "--preset", "tiny", "--tokens", str(tmp_path / "tokens"),
+         "--run_dir", str(run_dir), "--stage", "nar", "--steps", "2", "--val_every", "2",
+         "--codec", str(tmp_path / "codec")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    validation = json.loads((run_dir / "validation-nar.json").read_text())
+    assert 0 <= validation["nar/pitch/voicing"] <= 1 and 0 <= validation["nar/pitch/within_semitone"] <= 1
+    nar = NARModel.from_pretrained(run_dir / "model" / "nar", expect_codec=codec.identity)
+    assert nar.pitch_bins == 8
