@@ -65,11 +65,17 @@ def pitch_agreement(predicted: torch.Tensor, target: torch.Tensor, mask: torch.T
 
 
 def harmonic_excitation(f0: torch.Tensor, sample_rate: int, hop_length: int) -> torch.Tensor:
-    """F0 in Hz [B, F] (0: unvoiced) -> [B, F * hop] the sum of every harmonic below Nyquist, phase-continuous."""
+    """F0 in Hz [B, F] (0: unvoiced) -> [B, F * hop] the sum of every harmonic below Nyquist, phase-continuous
+    within each voiced run and starting from 0 at its onset."""
     f0 = f0.float().repeat_interleave(hop_length, dim=1)  # [B, T]: one F0 per sample, held over its frame
-    phase = torch.cumsum(2 * math.pi * f0 / sample_rate, dim=1)
+    voiced = f0 > 0
+    total = torch.cumsum(2 * math.pi * f0.double() / sample_rate, dim=1)  # never falls: holds still where F0 is 0
+    # Each run's phase counts from its onset, so the excitation of a window of frames that starts before
+    # the run is the whole utterance's: synthesis decodes block by block on such windows (app/tts.py), and
+    # a phase counted from the window's start would jump at every join. In float64, then wrapped to one
+    # turn, so that a long utterance's phase keeps its precision in float32.
+    phase = torch.remainder(total - torch.cummax(torch.where(voiced, 0.0, total), dim=1).values, 2 * math.pi).float()
     excitation = torch.zeros_like(phase)
-    voiced = f0 > 0  # the phase holds still where F0 is 0: its sines would be a constant there, not silence
     for k in range(1, int(sample_rate / 2 / PITCH_FMIN) + 1):
         sounding = voiced & (k * f0 < sample_rate / 2)
         if not sounding.any():

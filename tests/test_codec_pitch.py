@@ -96,6 +96,30 @@ def test_the_evaluation_report_names_the_pitch_row_and_its_bitrates():
     assert "2 (F0): " in usage and "of 8" in usage  # its usage counts against its 8 codes, not the 16
 
 
+def test_a_window_that_starts_before_a_voiced_run_decodes_it_as_the_whole_does():
+    """Synthesis decodes block by block, each block on a window with context before it (app/tts.py): where the
+    window reaches back past the onset of the voicing, its excitation and audio are the whole utterance's."""
+    f0 = torch.tensor([[180.0] * 30 + [0.0] * 5 + [120.0 + k for k in range(60)] + [0.0] * 5 + [210.0] * 40])
+    whole = harmonic_excitation(f0, SR, HOP)
+    for start in (31, 34):  # within the unvoiced gap: the window holds the whole of the second run
+        assert torch.allclose(harmonic_excitation(f0[:, start:], SR, HOP), whole[:, start * HOP:], atol=1e-3)
+    inside = harmonic_excitation(f0[:, 7:], SR, HOP)[:, :20 * HOP]  # 12.6 periods into the first run
+    assert not torch.allclose(inside, whole[:, 7 * HOP:27 * HOP], atol=1e-2)  # a window inside a run cannot know its phase
+    torch.manual_seed(0)
+    codec = EchoCodec(CodecConfig(**TINY, pitch_bins=16)).eval()
+    with torch.no_grad():  # as if trained: both of the source's paths carry the excitation
+        codec.decoder.source.gain.fill_(0.1)
+        codec.decoder.source.project.weight.normal_(0, 0.1)
+    wav = torch.cat([tone([150.0], 0.6), torch.zeros(1, 1, int(0.6 * SR)), tone([220.0], 0.6)], -1)
+    codes = codec.encode(wav)  # frames 0-59 voiced, 60-119 silent, 120-179 voiced
+    assert codes[0, 1, 65:115].eq(0).all() and codes[0, 1, 125:175].gt(0).all()
+    with torch.no_grad():
+        full = codec.decode(codes)[0, 0]
+        window = codec.decode(codes[..., 100:])[0, 0]
+    # The window's edge affects only the decoder's reach (a few frames); the second run is as in the whole.
+    assert torch.allclose(window[(115 - 100) * HOP:], full[115 * HOP:], atol=1e-4)
+
+
 def test_a_new_pitch_stream_decodes_as_before_until_it_trains():
     torch.manual_seed(0)
     plain = EchoCodec(CodecConfig(**TINY)).eval()
