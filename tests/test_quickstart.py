@@ -456,3 +456,15 @@ def test_only_needs_the_stages_it_reads_and_a_run_directory_of_its_own(tmp_path)
         quickstart.main(["--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--only", "lm"])
     with pytest.raises(SystemExit, match="pyproject.toml"):
         quickstart.main(["--preset", "tiny", "--run-dir", str(Path(__file__).resolve().parents[1]), "--only", "lm"])
+
+
+def test_the_report_says_how_well_a_pitch_codecs_nar_says_the_pitch():
+    from recipes.quickstart_report import _language_models
+
+    validation = {"nar": {"step": 300, "nar/codebook_2/top1": 0.5, "nar/codebook_2/top10": 0.9,
+                          "nar/pitch/voicing": 0.777, "nar/pitch/within_semitone": 0.371}}
+    tables = markdown_tables("\n".join(_language_models({"stages": {"lm": {"validation": validation}}})))
+    assert {row["measure"]: row["value"] for row in tables["Does the NAR say the pitch?"]} == {
+        "voicing": "0.777", "within_semitone": "0.371"}
+    without = {"nar": {"step": 300, "nar/codebook_2/top1": 0.5, "nar/codebook_2/top10": 0.9}}
+    assert "Does the NAR say the pitch?" not in "\n".join(_language_models({"stages": {"lm": {"validation": without}}}))
