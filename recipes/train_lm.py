@@ -141,9 +141,8 @@ def validate(models: dict[str, PretrainedLM], loader: DataLoader, n_batches: int
     aligner's durations where the corpus has them) for the layer that focuses most. For a NAR of a
     codec with a pitch stream also its most likely pitch codes against the true ones (`nar/pitch/*`:
     the share of frames whose voicing it gets right, and of the frames both call voiced the share
-    within a semitone). Returns the
-    figures and, for the first item, that layer's attention [T, N] and its text ids [N] (None
-    without an AR).
+    within a semitone). Returns the figures and, for the first item, that layer's attention
+    [T, N] and its text ids [N] (None without an AR).
     """
     for model in models.values():
         model.eval()
