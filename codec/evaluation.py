@@ -365,9 +365,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _codec_fields(codec: Codec) -> dict[str, Any]:
     try:
-        fields = codec.identity.to_dict()
-        pitch_bins = getattr(getattr(codec, "config", None), "pitch_bins", 0)
-        return fields | ({"pitch_bins": pitch_bins} if pitch_bins else {})
+        return codec.identity.to_dict()  # an Echo codec's pitch_bins with it, where it has a pitch stream
     except NotImplementedError:
         return {
             "name": type(codec).__name__,

@@ -141,21 +141,24 @@ class NARModel(PretrainedLM):
             x = x + self.audio_embeddings[k](codes[:, k]) * used[:, k, None, None]
         return x
 
-    def _register(self, prompt: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
-        """The median voiced pitch code of each item's prompt [B] (a pitch codec's NAR only)."""
+    def _register(self, prompt: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor | None:
+        """The median voiced pitch code of each item's prompt [B]; None without a pitch stream."""
+        if not self.pitch_bins:
+            return None
+        if prompt.shape[2] == 0:  # no prompt at all (it may then have no rows either): the middle code
+            return torch.full(prompt_lengths.shape, self.pitch_bins // 2, dtype=torch.long, device=prompt.device)
         return pitch_register(prompt[:, PITCH_ROW], frame_mask(prompt_lengths, prompt.shape[2]), self.pitch_bins)
 
     def _logits(self, text: torch.Tensor, text_lengths: torch.Tensor, prompt: torch.Tensor,
                 prompt_lengths: torch.Tensor, codes: torch.Tensor, code_lengths: torch.Tensor,
-                stage: torch.Tensor) -> torch.Tensor:
-        """stage [B] -> logits for codebook stage[b] on the target frames [B, T, C]."""
+                stage: torch.Tensor, register: torch.Tensor | None) -> torch.Tensor:
+        """stage [B], register [B] (`_register`; None without a pitch stream) -> logits for codebook
+        stage[b] on the target frames [B, T, C]."""
         (B, N), P, T, K = text.shape, prompt.shape[2], codes.shape[2], self.config.n_q
         layout = Layout.build(text_lengths, N, [(prompt_lengths, P), (code_lengths, T)])
         text = text.long().masked_fill(~layout.valid[:, :N], self.config.text_pad_id)
         prompt = prompt[:, :K] if P else prompt.new_zeros(B, K, 0)
-        register = None
-        if self.pitch_bins:
-            register = self._register(prompt, prompt_lengths)
+        if register is not None:
             prompt, codes = prompt.clone(), codes.clone()
             prompt[:, PITCH_ROW] = to_register(prompt[:, PITCH_ROW], register, self.pitch_bins)
             if codes.shape[1] > PITCH_ROW:
@@ -194,11 +197,11 @@ class NARModel(PretrainedLM):
         """text [B, N], prompt [B, K, P], codes [B, K', T] with K' >= j -> NAROutput (codebook j)."""
         stage = self._stages(stage, text.shape[0], text.device)
         self._check(text, text_lengths, prompt, prompt_lengths, codes, code_lengths, int(stage.max()) if stage.numel() else 2)
-        logits = self._logits(text, text_lengths, prompt, prompt_lengths, codes, code_lengths, stage)  # [B, T, C]
+        register = self._register(prompt, prompt_lengths)
+        logits = self._logits(text, text_lengths, prompt, prompt_lengths, codes, code_lengths, stage, register)
         B, T = logits.shape[:2]
         labels = codes.long().gather(1, (stage - 1)[:, None, None].expand(B, 1, T))[:, 0]  # [B, T]: codebook j
-        if self.pitch_bins:  # a pitch label beyond the shift's reach counts as the nearest code it reaches
-            register = self._register(prompt, prompt_lengths)
+        if register is not None:  # a pitch label beyond the shift's reach counts as the nearest code it reaches
             clamped = to_register(labels, register, self.pitch_bins) + register[:, None] - self.pitch_bins // 2
             labels = torch.where((stage - 1 == PITCH_ROW)[:, None] & (labels > 0), clamped, labels)
         labels = labels.masked_fill(~frame_mask(code_lengths, T), IGNORE)
@@ -212,4 +215,5 @@ class NARModel(PretrainedLM):
         stage = self._stages(stage, text.shape[0], text.device)
         self._check(text, text_lengths, prompt, prompt_lengths, codes, code_lengths,
                     int(stage.max()) - 1 if stage.numel() else 1)
-        return self._logits(text, text_lengths, prompt, prompt_lengths, codes, code_lengths, stage)
+        return self._logits(text, text_lengths, prompt, prompt_lengths, codes, code_lengths, stage,
+                            self._register(prompt, prompt_lengths))

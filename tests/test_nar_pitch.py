@@ -114,3 +114,12 @@ def test_validation_reports_the_pitch_of_a_pitch_codec():
     assert figures["nar/pitch/voicing"] == pytest.approx(float(voiced_right) / 14)
     assert "nar/codebook_2/top1" in figures and "nar/pitch/voicing" not in validate(
         {"nar": NARModel(NARConfig(**TINY)).eval()}, [batch], n_batches=1, n_q=K, device="cpu")[0]
+
+
+def test_without_a_prompt_the_register_is_the_middle_code():
+    model, x = pitch_nar(), pitch_batch()
+    empty = dict(prompt=torch.zeros(2, 0, 0, dtype=torch.long), prompt_lengths=torch.zeros(2, dtype=torch.long))
+    with torch.no_grad():
+        logits = model.predict(**{**x, **empty, "codes": x["codes"][:, :1]}, stage=2)
+    assert logits.shape == (2, 8, C) and logits.softmax(-1)[..., BINS:].max() == 0
+    assert torch.isfinite(model(**{**x, **empty}, stage=2).loss)
