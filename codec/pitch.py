@@ -67,21 +67,28 @@ def pitch_agreement(predicted: torch.Tensor, target: torch.Tensor, mask: torch.T
 def harmonic_excitation(f0: torch.Tensor, sample_rate: int, hop_length: int) -> torch.Tensor:
     """F0 in Hz [B, F] (0: unvoiced) -> [B, F * hop] the sum of every harmonic below Nyquist, phase-continuous
     within each voiced run and starting from 0 at its onset."""
-    f0 = f0.float().repeat_interleave(hop_length, dim=1)  # [B, T]: one F0 per sample, held over its frame
+    f0 = f0.double().repeat_interleave(hop_length, dim=1)  # [B, T]: one F0 per sample, held over its frame
     voiced = f0 > 0
-    total = torch.cumsum(2 * math.pi * f0.double() / sample_rate, dim=1)  # never falls: holds still where F0 is 0
+    total = torch.cumsum(2 * math.pi * f0 / sample_rate, dim=1)  # never falls: holds still where F0 is 0
     # Each run's phase counts from its onset, so the excitation of a window of frames that starts before
     # the run is the whole utterance's: synthesis decodes block by block on such windows (app/tts.py), and
-    # a phase counted from the window's start would jump at every join. In float64, then wrapped to one
-    # turn, so that a long utterance's phase keeps its precision in float32.
-    phase = torch.remainder(total - torch.cummax(torch.where(voiced, 0.0, total), dim=1).values, 2 * math.pi).float()
-    excitation = torch.zeros_like(phase)
-    for k in range(1, int(sample_rate / 2 / PITCH_FMIN) + 1):
-        sounding = voiced & (k * f0 < sample_rate / 2)
-        if not sounding.any():
-            break
-        excitation = excitation + torch.sin(k * phase) * sounding
-    return excitation
+    # a phase counted from the window's start would jump at every join. Wrapped to one turn in float64,
+    # so that a long utterance's phase keeps its precision.
+    phase = torch.remainder(total - torch.cummax(torch.where(voiced, 0.0, total), dim=1).values, 2 * math.pi)
+    # K harmonics, k * F0 < Nyquist (never more than the lowest F0 has), summed in closed form:
+    # sin(phase) + ... + sin(K phase) = sin(K phase / 2) sin((K + 1) phase / 2) / sin(phase / 2).
+    # A sum of K sines per sample cost a fifth of a decoder training step.
+    nyquist = sample_rate / 2
+    harmonics = (torch.ceil(nyquist / f0.clamp_min(1e-3)) - 1).clamp(0, int(nyquist / PITCH_FMIN)) * voiced
+    half = phase / 2
+    denominator = torch.sin(half)
+    # Where sin(phase / 2) vanishes (phase near 0 or one turn) so does the sum: to first order it is
+    # K (K + 1) / 2 times the phase's distance from the nearest whole turn.
+    near_zero = denominator.abs() < 1e-6
+    signed = torch.where(phase > math.pi, phase - 2 * math.pi, phase)
+    ratio = torch.sin(harmonics * half) * torch.sin((harmonics + 1) * half) / torch.where(near_zero, 1.0, denominator)
+    excitation = torch.where(near_zero, signed * harmonics * (harmonics + 1) / 2, ratio)
+    return excitation.float()
 
 
 class HarmonicSource(nn.Module):

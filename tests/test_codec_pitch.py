@@ -60,6 +60,24 @@ def test_harmonic_excitation_has_the_harmonics_below_nyquist_and_is_silent_when_
     assert high[1500] > 100 * high[3500]
 
 
+def test_harmonic_excitation_is_the_sum_of_its_harmonics_sines():
+    """The closed form equals sin(phase) + sin(2 phase) + ... over the harmonics below Nyquist, including where
+    a harmonic falls on Nyquist (left out) and where the phase passes through whole turns."""
+    f0 = torch.tensor([[1000.0] * 3 + [0.0] * 2 + [123.0] * 4 + [60.0] * 2 + [444.4] * 3 + [0.0] + [8000.0] * 2])
+    x = harmonic_excitation(f0, SR, HOP)[0].double()
+    per_sample = f0[0].double().repeat_interleave(HOP)
+    step, phase, previous = (2 * math.pi * per_sample / SR).tolist(), [], 0.0
+    for t, voiced in enumerate((per_sample > 0).tolist()):  # one step of 2 pi F0 / SR per sample from each onset
+        previous = previous + step[t] if voiced else 0.0
+        phase.append(previous)
+    phase = torch.tensor(phase, dtype=torch.float64)
+    expected = torch.zeros_like(phase)
+    for k in range(1, SR // 2 // 60 + 1):
+        expected += torch.sin(k * phase) * (per_sample > 0) * (k * per_sample < SR / 2)
+    assert torch.allclose(x, expected, atol=1e-3), (x - expected).abs().max()
+    assert torch.all(x[-2 * HOP:] == 0)  # 8 kHz: its first harmonic is Nyquist itself
+
+
 def test_codes_carry_the_pitch_as_row_two_and_every_prefix_decodes():
     torch.manual_seed(0)
     codec = EchoCodec(CodecConfig(**TINY, pitch_bins=8)).eval()
