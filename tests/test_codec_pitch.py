@@ -62,7 +62,8 @@ def test_harmonic_excitation_has_the_harmonics_below_nyquist_and_is_silent_when_
 
 def test_harmonic_excitation_is_the_sum_of_its_harmonics_sines():
     """The closed form equals sin(phase) + sin(2 phase) + ... over the harmonics below Nyquist, including where
-    a harmonic falls on Nyquist (left out) and where the phase passes through whole turns."""
+    the last one lies just below it (123 Hz: the 65th, 7995 Hz), where one lies on it (1 kHz, 8 kHz: silent
+    there either way), and where the phase passes through whole turns."""
     f0 = torch.tensor([[1000.0] * 3 + [0.0] * 2 + [123.0] * 4 + [60.0] * 2 + [444.4] * 3 + [0.0] + [8000.0] * 2])
     x = harmonic_excitation(f0, SR, HOP)[0].double()
     per_sample = f0[0].double().repeat_interleave(HOP)
@@ -75,7 +76,7 @@ def test_harmonic_excitation_is_the_sum_of_its_harmonics_sines():
     for k in range(1, SR // 2 // 60 + 1):
         expected += torch.sin(k * phase) * (per_sample > 0) * (k * per_sample < SR / 2)
     assert torch.allclose(x, expected, atol=1e-3), (x - expected).abs().max()
-    assert torch.all(x[-2 * HOP:] == 0)  # 8 kHz: its first harmonic is Nyquist itself
+    assert torch.all(x[-2 * HOP:] == 0)  # 8 kHz: no harmonic below Nyquist
 
 
 def test_codes_carry_the_pitch_as_row_two_and_every_prefix_decodes():
