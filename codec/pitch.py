@@ -66,7 +66,7 @@ def pitch_agreement(predicted: torch.Tensor, target: torch.Tensor, mask: torch.T
 
 def harmonic_excitation(f0: torch.Tensor, sample_rate: int, hop_length: int) -> torch.Tensor:
     """F0 in Hz [B, F] (0: unvoiced) -> [B, F * hop] the sum of every harmonic below Nyquist, phase-continuous
-    within each voiced run and starting from 0 at its onset."""
+    within each voiced run and counted from its onset."""
     f0 = f0.double().repeat_interleave(hop_length, dim=1)  # [B, T]: one F0 per sample, held over its frame
     voiced = f0 > 0
     total = torch.cumsum(2 * math.pi * f0 / sample_rate, dim=1)  # never falls: holds still where F0 is 0
@@ -76,8 +76,8 @@ def harmonic_excitation(f0: torch.Tensor, sample_rate: int, hop_length: int) -> 
     # so that a long utterance's phase keeps its precision.
     phase = torch.remainder(total - torch.cummax(torch.where(voiced, 0.0, total), dim=1).values, 2 * math.pi)
     # K harmonics, k * F0 < Nyquist (never more than the lowest F0 has), summed in closed form:
-    # sin(phase) + ... + sin(K phase) = sin(K phase / 2) sin((K + 1) phase / 2) / sin(phase / 2).
-    # A sum of K sines per sample cost a fifth of a decoder training step.
+    # sin(phase) + ... + sin(K phase) = sin(K phase / 2) sin((K + 1) phase / 2) / sin(phase / 2): one ratio
+    # per sample, where a loop over the harmonics took about half of a pitch decoder's training step.
     nyquist = sample_rate / 2
     harmonics = (torch.ceil(nyquist / f0.clamp_min(1e-3)) - 1).clamp(0, int(nyquist / PITCH_FMIN)) * voiced
     half = phase / 2
