@@ -546,6 +546,33 @@ def word_error_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[st
     return float(change), float(np.quantile(changes, tail)), float(np.quantile(changes, 1 - tail)), len(pairs)
 
 
+def similarity_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                      system: str | Sequence[str], confidence: float = 0.9, rounds: int = 5000,
+                      seed: int = 0) -> tuple[float, float, float, int] | None:
+    """How much a system's similarity to the speakers' own voices changed between two evaluations of the
+    same items: the mean of the per-item differences (after - before, in cosine) and its paired bootstrap
+    interval over the items they share.
+
+    before / after: item id -> that item's renderings, as in report.json (`sim_own` of each system).
+    system: one system, or several averaged per item (an item is resampled with all of them).
+    Returns (change, low, high, items), or None when fewer than two shared items were scored in both.
+    """
+    systems = [system] if isinstance(system, str) else list(system)
+
+    def scored(renderings: Mapping[str, Any]) -> bool:
+        return all(s in renderings and renderings[s].get("sim_own") is not None for s in systems)
+
+    differences = np.array([np.mean([after[i][s]["sim_own"] - before[i][s]["sim_own"] for s in systems])
+                            for i in sorted(set(before) & set(after)) if scored(before[i]) and scored(after[i])])
+    if len(differences) < 2:
+        return None
+    draws = np.random.default_rng(seed).integers(0, len(differences), (rounds, len(differences)))
+    means = differences[draws].mean(1)
+    tail = (1 - confidence) / 2
+    return (float(differences.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)),
+            len(differences))
+
+
 def _resampled_totals(errors: np.ndarray, rounds: int, seed: int) -> np.ndarray:
     """errors [items, 2] (two counts per item) -> their totals [rounds, 2] over items drawn with replacement,
     both columns from the same draw: the paired bootstrap."""

@@ -1,4 +1,5 @@
-"""Compare two evaluations of the same items: did a change lower the word errors, beyond the noise?
+"""Compare two evaluations of the same items: did a change lower the word errors, or move the voices
+closer to their speakers, beyond the noise?
 
     python recipes/compare_evaluations.py runs/before/eval/report.json runs/after/eval/report.json
 
@@ -9,6 +10,8 @@ errors in both reports, so the interval reflects how the change varies from sent
 sentence, not the larger spread between sentences. Where both reports synthesized each item with
 and without the prompt's transcript, a last row pools the two (an item is resampled with both of
 its syntheses): twice the syntheses, so a tighter interval for a change that touches both modes.
+A second table does the same for the similarity to the speaker's own voice (`sim_own`): the mean
+of each item's difference, after - before, with its paired interval.
 Use it on two runs of `recipes/evaluate.py` with the same manifest, --max-items, --families and
 --seed (the same sentences and prompts).
 """
@@ -19,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.evaluation import PROMPT_MODES, SYSTEM_LABELS, synthesis_system, word_error_change
+from app.evaluation import PROMPT_MODES, SYSTEM_LABELS, similarity_change, synthesis_system, word_error_change
 
 
 def read_renderings(path: Path) -> dict[str, dict]:
@@ -52,6 +55,13 @@ def main(argv: list[str] | None = None) -> list[str]:
         if found is not None:
             change, low, high, items = found
             lines.append(f"| {label} | {items}{per_item} | {change:+.1%} | [{low:+.1%}, {high:+.1%}] |")
+    similarity = [(label, items, per_item, found) for label, items, per_item in rows
+                  if (found := similarity_change(before, after, items)) is not None]
+    if similarity:
+        lines += ["", "Change of the similarity to the speaker's own voice (mean of the items' differences, "
+                  "cosine), 90 % paired interval:", "", "| system | items | change | interval |", "|---|---:|---:|---|"]
+        for label, _, per_item, (change, low, high, items) in similarity:
+            lines.append(f"| {label} | {items}{per_item} | {change:+.3f} | [{low:+.3f}, {high:+.3f}] |")
     print("\n".join(lines))
     return lines
 

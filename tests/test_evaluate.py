@@ -261,6 +261,25 @@ def test_word_error_change_is_paired_over_shared_items(capsys):
     assert items == 10 and change == pytest.approx((39 + 20) / (40 + 60) - 1)
 
 
+def test_similarity_change_is_the_mean_paired_difference():
+    from app.evaluation import similarity_change
+
+    before = {f"u{i}": {"synthesis_with_text": {"sim_own": 0.70}, "synthesis_without_text": {"sim_own": 0.60},
+                        CODEC: {"sim_own": None}} for i in range(8)}
+    after = {f"u{i}": {"synthesis_with_text": {"sim_own": 0.75}, "synthesis_without_text": {"sim_own": 0.70},
+                       CODEC: {"sim_own": 0.9}} for i in range(8)}
+    after["extra"] = {"synthesis_with_text": {"sim_own": 0.1}}  # not in `before`: not compared
+    change, low, high, items = similarity_change(before, after, "synthesis_with_text")
+    assert items == 8 and change == pytest.approx(0.05) and low == pytest.approx(0.05) and high == pytest.approx(0.05)
+    assert similarity_change(before, after, CODEC) is None  # never scored before
+    change, _, _, _ = similarity_change(before, after, ["synthesis_with_text", "synthesis_without_text"])
+    assert change == pytest.approx(0.075)
+    after["u0"]["synthesis_with_text"]["sim_own"] = 0.30  # one voice got much worse
+    change, low, high, _ = similarity_change(before, after, "synthesis_with_text")
+    assert change == pytest.approx((7 * 0.05 - 0.40) / 8)
+    assert low < change < high
+
+
 def test_compare_evaluations_recipe(tmp_path, capsys):
     from recipes import compare_evaluations
 
@@ -273,6 +292,7 @@ def test_compare_evaluations_recipe(tmp_path, capsys):
     (tmp_path / "b.json").write_text(json.dumps(report([2, 2, 2, 2])))
     lines = compare_evaluations.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert "| synthesis, with prompt text | 4 | -50.0% | [-50.0%, -50.0%] |" in lines
+    assert not any("similarity" in line for line in lines)  # no report scored a voice
     assert "| ground truth | 4 | +0.0% |" in "\n".join(lines)
     assert not any("pooled" in line for line in lines)  # one prompt mode only
     both = {"items": [{"id": f"u{i}", "renderings": {"synthesis_with_text": {"word_errors": 4},
@@ -280,6 +300,14 @@ def test_compare_evaluations_recipe(tmp_path, capsys):
     (tmp_path / "c.json").write_text(json.dumps(both))
     lines = compare_evaluations.main([str(tmp_path / "c.json"), str(tmp_path / "c.json")])
     assert lines[-1] == "| syntheses, both prompt modes pooled | 2 x 2 | +0.0% | [+0.0%, +0.0%] |"
+    for side, similarity in (("d", 0.70), ("e", 0.80)):
+        for item in both["items"]:
+            for rendering in item["renderings"].values():
+                rendering["sim_own"] = similarity
+        (tmp_path / f"{side}.json").write_text(json.dumps(both))
+    lines = compare_evaluations.main([str(tmp_path / "d.json"), str(tmp_path / "e.json")])
+    assert "| synthesis, with prompt text | 2 | +0.100 | [+0.100, +0.100] |" in lines
+    assert lines[-1] == "| syntheses, both prompt modes pooled | 2 x 2 | +0.100 | [+0.100, +0.100] |"
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a report.json"):
         compare_evaluations.main([str(tmp_path / "a.json"), str(tmp_path / "c.json")])

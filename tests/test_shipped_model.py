@@ -28,12 +28,12 @@ from recipes.train_lm import TrainLMConfig
 from recipes.training import CONFIG_DIR, load_config
 
 # Word error rate of pocketsphinx over the ten sentences (pooled): the bundled model's syntheses make
-# 34 errors in 80 words (this test, on the 2-core machine that bundled it), the long corpus's own
-# recordings of the sentences 27 (the ground truth, the same ASR on runs/long3/corpus). A model that
-# does not read makes more errors than there are words (the earlier quickstart model: 91 in 80); the
-# bound leaves room for 14 more errors than measured, for float rounding that changes a sampled code
-# on another machine.
-MEASURED_WER = 34 / 80
+# 37 errors in 80 words (the same synthesis and ASR as this test, on the 2-core machine that bundled
+# it; runs/long3's model before it: 34), the long corpus's own recordings of the sentences 27 (the
+# ground truth, the same ASR on runs/long3/corpus). A model that does not read makes more errors than
+# there are words (the earlier quickstart model: 91 in 80); the bound leaves room for 11 more errors
+# than measured, for float rounding that changes a sampled code on another machine.
+MEASURED_WER = 37 / 80
 GROUND_TRUTH_WER = 27 / 80
 READING_BOUND = 0.60
 
