@@ -529,16 +529,10 @@ def word_error_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[st
         without the prompt's transcript: an item is resampled with all of them).
     Returns (change, low, high, items), or None when fewer than two shared items were heard in both.
     """
-    systems = [system] if isinstance(system, str) else list(system)
-
-    def heard(renderings: Mapping[str, Any]) -> bool:
-        return all(s in renderings and renderings[s].get("word_errors") is not None for s in systems)
-
-    pairs = [tuple(sum(side[i][s]["word_errors"] for s in systems) for side in (before, after))
-             for i in sorted(set(before) & set(after)) if heard(before[i]) and heard(after[i])]
+    pairs = _paired_values(before, after, system, "word_errors")
     if len(pairs) < 2:
         return None
-    errors = np.array(pairs, dtype=float)  # [items, 2]: before, after
+    errors = pairs.sum(2)  # [items, 2]: before, after, pooled over the systems
     totals = _resampled_totals(errors, rounds, seed)  # [rounds, 2]
     changes = totals[:, 1] / np.maximum(totals[:, 0], 1) - 1
     tail = (1 - confidence) / 2
@@ -557,25 +551,33 @@ def similarity_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[st
     system: one system, or several averaged per item (an item is resampled with all of them).
     Returns (change, low, high, items), or None when fewer than two shared items were scored in both.
     """
-    systems = [system] if isinstance(system, str) else list(system)
-
-    def scored(renderings: Mapping[str, Any]) -> bool:
-        return all(s in renderings and renderings[s].get("sim_own") is not None for s in systems)
-
-    differences = np.array([np.mean([after[i][s]["sim_own"] - before[i][s]["sim_own"] for s in systems])
-                            for i in sorted(set(before) & set(after)) if scored(before[i]) and scored(after[i])])
-    if len(differences) < 2:
+    pairs = _paired_values(before, after, system, "sim_own")
+    if len(pairs) < 2:
         return None
-    draws = np.random.default_rng(seed).integers(0, len(differences), (rounds, len(differences)))
-    means = differences[draws].mean(1)
+    differences = (pairs[:, 1] - pairs[:, 0]).mean(1, keepdims=True)  # [items, 1]
+    means = _resampled_totals(differences, rounds, seed)[:, 0] / len(differences)
     tail = (1 - confidence) / 2
     return (float(differences.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)),
             len(differences))
 
 
+def _paired_values(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                   system: str | Sequence[str], key: str) -> np.ndarray:
+    """[items, 2 (before, after), systems]: `key` of each system's rendering, for the items both evaluations
+    share and in which every system has a value (not None) on both sides."""
+    systems = [system] if isinstance(system, str) else list(system)
+
+    def measured(renderings: Mapping[str, Any]) -> bool:
+        return all(s in renderings and renderings[s].get(key) is not None for s in systems)
+
+    shared = [i for i in sorted(set(before) & set(after)) if measured(before[i]) and measured(after[i])]
+    return np.array([[[side[i][s][key] for s in systems] for side in (before, after)] for i in shared],
+                    dtype=float).reshape(len(shared), 2, len(systems))
+
+
 def _resampled_totals(errors: np.ndarray, rounds: int, seed: int) -> np.ndarray:
-    """errors [items, 2] (two counts per item) -> their totals [rounds, 2] over items drawn with replacement,
-    both columns from the same draw: the paired bootstrap."""
+    """errors [items, C] (C values per item) -> their totals [rounds, C] over items drawn with replacement,
+    every column from the same draw: the paired bootstrap."""
     draws = np.random.default_rng(seed).integers(0, len(errors), (rounds, len(errors)))
     return errors[draws].sum(1)
 
