@@ -7,7 +7,7 @@
 
 For every test utterance, another utterance of the same speaker is the voice prompt, and the
 sentence is synthesized in that voice, with and/or without the prompt's transcript
-(--prompt-text). The syntheses, the ground-truth recordings and their codec resyntheses are
+(--prompt-text; `none` skips the syntheses to measure the codec alone on many items). The syntheses, the ground-truth recordings and their codec resyntheses are
 all heard by the same meters (app/meters.py): WER/CER from an ASR model, speaker similarity
 to the speaker's own voice, to the prompt and to the other held-out voices. The model's codec
 is scored too (PESQ, STOI, SI-SDR, mel distance). The report judges the syntheses and the codec
@@ -65,8 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--families", nargs="+", default=None,
                         help="evaluate only voices of these families (e.g. flite, which pocketsphinx reads best); "
                              "all held-out voices still count as 'other voices' for similarity")
-    parser.add_argument("--prompt-text", choices=("with", "without", "both"), default="both",
-                        help="synthesize with the prompt's transcript, without it, or both ways (default)")
+    parser.add_argument("--prompt-text", choices=("with", "without", "both", "none"), default="both",
+                        help="synthesize with the prompt's transcript, without it, or both ways (default); none: "
+                             "synthesize nothing and measure the codec's resynthesis (and the NAR on the "
+                             "recording's codebook 1) alone, fast enough for many items")
     parser.add_argument("--targets", choices=sorted(TARGETS), default="release",
                         help="the quality targets the report judges against: "
                              + "; ".join(f"{t.name}, for {t.label}: WER ≤ {t.wer_ratio:g}× the ground truth's, "
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     tts = TTS.from_pretrained(args.model, device)
     asr, speaker, notes = load_meters(args, items[0].target.language, device)
-    modes = PROMPT_MODES if args.prompt_text == "both" else (args.prompt_text,)
+    modes = {"both": PROMPT_MODES, "none": ()}.get(args.prompt_text, (args.prompt_text,))
     scorers = None  # TTS's default: the AR model's log-probability
     if args.rerank is not None:  # the meters loaded above judge the candidates too (or load if not asked for)
         scorers = scorers_by_name(args.rerank, asr=asr if asr is not None else args.asr,

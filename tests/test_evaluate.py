@@ -240,6 +240,23 @@ def test_evaluate_without_a_meter_still_reports(tiny_model_dir, corpus, tmp_path
     assert "n/a" in markdown and f"Targets for {QUICKSTART_TARGETS.label};" in markdown
 
 
+def test_evaluate_the_codec_alone_synthesizes_nothing(tiny_model_dir, corpus, tmp_path):
+    """--prompt-text none: the ground truth, the codec's resynthesis and the NAR on the recording, judged
+    against the codec's targets, and no synthesis."""
+    out = evaluate.main(["--model", str(tiny_model_dir), "--manifest", str(corpus / "test.jsonl"), "--max-items", "2",
+                         "--out", str(tmp_path / "eval"), "--examples", "1", "--prompt-text", "none",
+                         "--asr", "none", "--speaker", "none"])
+    report = json.loads((out / "report.json").read_text())
+    for item in report["items"]:
+        assert set(item["renderings"]) == {GROUND_TRUTH, CODEC, CODEC_1, NAR_ON_RECORDING}, item["errors"]
+        assert not item["wavs"] and not item["attention"]
+    assert report["targets"] == {} and report["codec_target"]["wer_ratio_target"] == RELEASE_TARGETS.codec_wer_ratio
+    assert report["settings"]["prompt_modes"] == [] and report["synthesis_rtf"] is None
+    assert report["figures"]["attention"] == [] and len(report["figures"]["spectrograms"]) == 1
+    assert not list((out / "wavs").glob("*.wav"))
+    assert "| espeak | codec resynthesis | 2 |" in (out / "report.md").read_text()
+
+
 def test_word_error_change_is_paired_over_shared_items(capsys):
     from app.evaluation import word_error_change
 
