@@ -628,13 +628,13 @@ def evaluate_tts(
     synthesized = sum(s.duration for made in syntheses for s in made.values() if isinstance(s, Synthesis))
     wav_dir = Path(wav_dir) if wav_dir is not None else None
 
+    nar_mode = prompt_modes[0] if prompt_modes else PROMPT_MODES[0]  # the prompt mode of the NAR on the recording
     results, examples, attention_example = [], {}, None
     progress = tqdm(items, desc="evaluating TTS", unit="item", disable=None)
     for index, item in enumerate(progress):
         resyntheses = {system: codec.examples[item.target.id][label] for system, label in labels.items()
                        if item.target.id in codec.examples}
-        evaluation = evaluate_item(tts, item, syntheses[index], resyntheses, meters, (*prompt_modes, *PROMPT_MODES)[0],
-                                   wav_dir)
+        evaluation = evaluate_item(tts, item, syntheses[index], resyntheses, meters, nar_mode, wav_dir)
         results.append(evaluation.result)
         if index < keep_examples and evaluation.waves:
             examples[item.target.id] = _figure_waves(evaluation.waves, sr)

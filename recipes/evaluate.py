@@ -7,9 +7,10 @@
 
 For every test utterance, another utterance of the same speaker is the voice prompt, and the
 sentence is synthesized in that voice, with and/or without the prompt's transcript
-(--prompt-text; `none` skips the syntheses to measure the codec alone on many items). The syntheses, the ground-truth recordings and their codec resyntheses are
-all heard by the same meters (app/meters.py): WER/CER from an ASR model, speaker similarity
-to the speaker's own voice, to the prompt and to the other held-out voices. The model's codec
+(--prompt-text; `none` skips the syntheses, to measure the codec alone on many items). The
+syntheses, the ground-truth recordings and their codec resyntheses are all heard by the same
+meters (app/meters.py): WER/CER from an ASR model, speaker similarity to the speaker's own
+voice, to the prompt and to the other held-out voices. The model's codec
 is scored too (PESQ, STOI, SI-SDR, mel distance). The report judges the syntheses and the codec
 against the quality targets of a released model, or of the quickstart with --targets quickstart
 (app.evaluation.Targets). The meters pocketsphinx and resemblyzer come with
