@@ -605,7 +605,7 @@ def evaluate_tts(
 ) -> TTSReport:
     """Synthesize every item in each prompt mode and measure it with its ground truth and codec resynthesis.
     With no prompt mode, nothing is synthesized: the codec's figures (and the NAR on the recordings' codebook 1)
-    alone, which cost a small part of the syntheses' time and so can be measured on many more items.
+    alone, in about half the time per item, for the codec's figures on many more items.
 
     voices: the recordings that define each test speaker's voice (the whole test manifest).
     asr / speaker: meters, or None to skip those measurements (`meter_notes` says why, for the report).

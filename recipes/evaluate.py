@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-text", choices=("with", "without", "both", "none"), default="both",
                         help="synthesize with the prompt's transcript, without it, or both ways (default); none: "
                              "synthesize nothing and measure the codec's resynthesis (and the NAR on the "
-                             "recording's codebook 1) alone, fast enough for many items")
+                             "recording's codebook 1) alone, in about half the time per item")
     parser.add_argument("--targets", choices=sorted(TARGETS), default="release",
                         help="the quality targets the report judges against: "
                              + "; ".join(f"{t.name}, for {t.label}: WER ≤ {t.wer_ratio:g}× the ground truth's, "
