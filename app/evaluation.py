@@ -604,8 +604,8 @@ def evaluate_tts(
     targets: Targets = RELEASE_TARGETS,
 ) -> TTSReport:
     """Synthesize every item in each prompt mode and measure it with its ground truth and codec resynthesis.
-    With no prompt mode, nothing is synthesized: the codec's figures (and the NAR on the recordings' codebook 1)
-    alone, in about half the time per item, for the codec's figures on many more items.
+    With no prompt mode nothing is synthesized: the ground truth, the codec's resynthesis and the NAR on the
+    recordings' codebook 1 alone, in about half the time per item, so that the codec can be judged on many items.
 
     voices: the recordings that define each test speaker's voice (the whole test manifest).
     asr / speaker: meters, or None to skip those measurements (`meter_notes` says why, for the report).

@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             scorer_names(args.rerank)
         except ValueError as error:
             parser.error(f"--rerank: {error}")
+    if args.prompt_text == "none" and (args.best_of > 1 or args.rerank is not None):
+        parser.error("--best-of and --rerank choose among syntheses, and --prompt-text none makes none: "
+                     "drop them, or synthesize with --prompt-text with|without|both")
     if args.max_items is not None and args.max_items < 1:
         parser.error(f"--max-items must be at least 1, got {args.max_items}")
     if args.examples < 0 or args.references < 1:

@@ -490,7 +490,8 @@ def test_evaluation_keeps_the_candidate_the_scorers_choose(tiny_model_dir, corpu
 
 def test_evaluate_refuses_bad_best_of_and_rerank(tiny_model_dir, corpus, capsys):
     for bad, message in ((["--best-of", "0"], "--best-of must be at least 1"),
-                         (["--rerank", "asr,loudness"], "rerank with one or more of logprob, asr, speaker")):
+                         (["--rerank", "asr,loudness"], "rerank with one or more of logprob, asr, speaker"),
+                         (["--prompt-text", "none", "--best-of", "4"], "--prompt-text none makes none")):
         with pytest.raises(SystemExit):
             evaluate.main(["--model", str(tiny_model_dir), "--manifest", str(corpus / "test.jsonl"), *bad])
         assert message in capsys.readouterr().err
