@@ -1,12 +1,13 @@
-"""The quickstart: from nothing to a cloned voice on a laptop CPU in one command (about 22 minutes
-on 2 fast cores, 67 on a slow machine).
+"""The quickstart: from nothing to a cloned voice on a laptop CPU in one command (25.8 minutes on the
+2-core development machine, twice that on a slow day).
 
     python recipes/quickstart.py                                   # everything, into runs/quickstart
     python recipes/quickstart.py --preset tiny --run-dir runs/qs-tiny   # the same path in seconds (tests)
     python recipes/quickstart.py --from-stage lm                   # redo the LM and every stage after it
     python recipes/quickstart.py --only samples                    # redo the samples (and the report)
 
-Stages, each calling a recipe's `main(argv)` in this process, into one run directory RUN:
+Stages, each calling a recipe's `main(argv)` in this process (or its module under torchrun, for a training
+stage given `processes`), into one run directory RUN:
 
     1 corpus    the built-in synthetic corpus               RUN/corpus/{train,dev,test}.jsonl
     2 codec     recipes/train_codec.py                      RUN/codec/model
@@ -14,7 +15,8 @@ Stages, each calling a recipe's `main(argv)` in this process, into one run direc
                 codec's decoder trains on, its tokens fixed
     4 tokens    recipes/tokenize_corpus.py (train + dev)    RUN/tokens
     5 align     recipes/align.py: each frame's phoneme      RUN/aligner, durations into RUN/tokens
-    6 lm        recipes/train_lm.py, AR and NAR             RUN/lm/model (and RUN/lm/snapshots)
+    6 lm        recipes/train_lm.py, AR and NAR (a stage    RUN/lm/model (and RUN/lm/snapshots)
+                may train in several processes: torchrun)
     7 export    the final model directory, with the         RUN/model (codec/, ar/, nar/, text/)
                 decoder's codec
     8 samples   held-out sentences in held-out voices       RUN/samples/*.wav, samples.json
@@ -52,7 +54,7 @@ from data.pretrained import write_directory
 from data.synthetic import DEFAULT_NUM_SPEAKERS, SYNTHETIC_QUICKSTART_HOURS
 from recipes.quickstart_report import write_report
 from recipes.stages import Pipeline, Stage, load_state
-from recipes.training import CONFIG_DIR, checkpoint_dirs, config_to_dict, load_config
+from recipes.training import CONFIG_DIR, checkpoint_dirs, config_to_dict, load_config, run_recipe
 
 STATE_FILE = "quickstart.json"
 
@@ -77,6 +79,9 @@ class CorpusSettings:
 class CodecSettings:
     preset: str = "cpu"  # recipes/configs/codec/<preset>.yaml
     overrides: dict[str, Any] = field(default_factory=dict)  # config keys: {"steps": 2000, "model.n_q": 4}
+    # The training in this many processes of one torch thread each (torchrun, gloo), each with 1/processes
+    # of the preset's batch, so that a step sees as much data as in one process (README, Figures: the quickstart).
+    processes: int = 1
 
 
 @dataclass
@@ -84,6 +89,7 @@ class DecoderSettings:
     # The codec's decoder trains on with its encoder and quantizer frozen (as Vocos renders EnCodec's
     # tokens): the tokens, hence the LMs, do not depend on this stage. The codec preset's settings but these.
     overrides: dict[str, Any] = field(default_factory=dict)
+    processes: int = 1  # as CodecSettings.processes
 
 
 @dataclass
@@ -104,6 +110,8 @@ class LMSettings:
     # train_lm.py runs, in order, each `--stage NAME` with its own overrides: "both" trains AR and NAR
     # side by side; {"ar": {...}, "nar": {...}} trains them one after the other.
     stages: dict[str, dict[str, Any]] = field(default_factory=lambda: {"both": {}})
+    # Processes for each of those stages, as CodecSettings.processes: {"ar": 2}; a stage not named trains in one.
+    processes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -241,29 +249,45 @@ def run_corpus(ctx: Context) -> dict[str, Any]:
     return {"summary": {name: str(summary) for name, summary in summaries.items()}}
 
 
-def _train_codec(ctx: Context, run_dir: Path, what: str, extra: list[str]) -> dict[str, Any]:
+def batch_shares(config: Any, keys: tuple[str, ...], processes: int) -> list[str]:
+    """The overrides that give each of `processes` processes its share of `config`'s batch sizes `keys`."""
+    argv = []
+    for key in keys:
+        size = getattr(config, key)
+        if size % processes:
+            raise SystemExit(f"{key}={size} cannot be shared by {processes} processes: set the stage's "
+                             f"`processes` to a divisor of it, or {key} to a multiple of {processes}")
+        argv += [f"--{key}", str(size // processes)]
+    return argv
+
+
+def _train_codec(ctx: Context, run_dir: Path, what: str, extra: list[str], processes: int) -> dict[str, Any]:
     """recipes/train_codec.py on the corpus into `run_dir`, resumed from its checkpoints if it has any."""
-    from recipes import train_codec
+    from recipes.train_codec import TrainCodecConfig
 
     p = ctx.paths
     argv = ["--preset", ctx.config.codec.preset, "--train_manifest", str(p.corpus / "train.jsonl"),
             "--dev_manifest", str(p.corpus / "dev.jsonl"), "--run_dir", str(run_dir), *extra]
+    if processes > 1:
+        config = load_config(TrainCodecConfig, ctx.config.codec.preset, argv[2:], preset_dir=CONFIG_DIR / "codec")
+        argv += batch_shares(config, ("batch_size", "phonetic_batch_size"), processes)
     resume = bool(checkpoint_dirs(run_dir))
     if resume:
         argv.append("--resume")
         print(f"continuing the {what} training from {checkpoint_dirs(run_dir)[-1]}", flush=True)
-    train_codec.main(argv)
+    run_recipe("recipes.train_codec", argv, processes)
     return {"resumed": resume}
 
 
 def run_codec(ctx: Context) -> dict[str, Any]:
-    return _train_codec(ctx, ctx.paths.codec, "codec", recipe_argv(ctx.config.codec.overrides))
+    c = ctx.config.codec
+    return _train_codec(ctx, ctx.paths.codec, "codec", recipe_argv(c.overrides), c.processes)
 
 
 def run_decoder(ctx: Context) -> dict[str, Any]:
-    p = ctx.paths
-    return _train_codec(ctx, p.decoder, "decoder",
-                        ["--decoder_only_from", str(p.codec_model), *recipe_argv(ctx.config.decoder.overrides)])
+    p, c = ctx.paths, ctx.config.decoder
+    return _train_codec(ctx, p.decoder, "decoder", ["--decoder_only_from", str(p.codec_model), *recipe_argv(c.overrides)],
+                        c.processes)
 
 
 def run_tokens(ctx: Context) -> dict[str, Any]:
@@ -286,19 +310,26 @@ def run_align(ctx: Context) -> dict[str, Any]:
 
 
 def run_lm(ctx: Context) -> dict[str, Any]:
-    from recipes import train_lm
+    from recipes.train_lm import TrainLMConfig
 
     p, c = ctx.paths, ctx.config.lm
+    unknown = set(c.processes) - set(c.stages)
+    if unknown:
+        raise SystemExit(f"lm.processes names {sorted(unknown)}, which are not among the LM stages {list(c.stages)}")
     resumed = []
     for stage, overrides in c.stages.items():
+        processes = c.processes.get(stage, 1)
         argv = ["--preset", c.preset, "--tokens", str(p.tokens), "--run_dir", str(p.lm),
                 "--codec", str(p.codec_model), "--stage", stage, *recipe_argv(c.overrides), *recipe_argv(overrides)]
+        if processes > 1:
+            config = load_config(TrainLMConfig, c.preset, argv[2:], preset_dir=CONFIG_DIR / "lm")
+            argv += batch_shares(config, ("max_frames",), processes)
         found = checkpoint_dirs(p.lm, f"checkpoints-{stage}")
         if found:
             argv.append("--resume")
             resumed.append(stage)
             print(f"continuing the {stage} training from {found[-1]}", flush=True)
-        train_lm.main(argv)
+        run_recipe("recipes.train_lm", argv, processes)
     validation = {}
     for stage in c.stages:
         path = p.lm / f"validation-{stage}.json"
@@ -468,6 +499,15 @@ def run_report(ctx: Context) -> dict[str, Any]:
     return {}
 
 
+def training_settings(settings: Any) -> dict[str, Any]:
+    """A training stage's settings as its record holds them: `processes` is left out when it is the default
+    (one process), so that runs recorded before stages had it keep their stages."""
+    recorded = asdict(settings)
+    if recorded["processes"] in (1, {}):
+        del recorded["processes"]
+    return recorded
+
+
 def corpus_removes_on_change(ctx: Context, recorded: dict[str, Any], settings: dict[str, Any]) -> list[Path]:
     """The corpus is rebuilt in place, reusing its audio (more hours can), unless its voices changed."""
     voices = ("speakers", "seed", "flite")
@@ -483,11 +523,12 @@ PIPELINE: Pipeline[Context] = Pipeline([
           settings=lambda c: {k: v for k, v in asdict(c.config.corpus).items() if k != "workers"}),
     Stage("codec", "train the neural codec", ("corpus",), home=lambda c: c.paths.codec_model,
           outputs=lambda c: [c.paths.codec_model / "config.json", c.paths.codec_model / "model.safetensors"],
-          removes=lambda c: [c.paths.codec], run=run_codec, settings=lambda c: asdict(c.config.codec)),
+          removes=lambda c: [c.paths.codec], run=run_codec, settings=lambda c: training_settings(c.config.codec)),
     Stage("decoder", "train the codec's decoder on, its tokens fixed", ("corpus", "codec"),
           home=lambda c: c.paths.decoder_model,
           outputs=lambda c: [c.paths.decoder_model / "config.json", c.paths.decoder_model / "model.safetensors"],
-          removes=lambda c: [c.paths.decoder], run=run_decoder, settings=lambda c: asdict(c.config.decoder)),
+          removes=lambda c: [c.paths.decoder], run=run_decoder,
+          settings=lambda c: training_settings(c.config.decoder)),
     Stage("tokens", "encode and phonemize the train and dev utterances", ("corpus", "codec"),
           home=lambda c: c.paths.tokens, outputs=lambda c: [c.paths.tokens / "header.json"],
           removes=lambda c: [c.paths.tokens], run=run_tokens, settings=lambda c: asdict(c.config.tokens)),
@@ -497,7 +538,7 @@ PIPELINE: Pipeline[Context] = Pipeline([
     Stage("lm", "train the AR and NAR language models", ("codec", "tokens", "align"),
           home=lambda c: c.paths.lm / "model",
           outputs=lambda c: [c.paths.lm / "model" / part for part in ("ar", "nar", "text", "codec")],
-          removes=lambda c: [c.paths.lm], run=run_lm, settings=lambda c: asdict(c.config.lm)),
+          removes=lambda c: [c.paths.lm], run=run_lm, settings=lambda c: training_settings(c.config.lm)),
     Stage("export", "write the final model directory", ("lm", "decoder"), home=lambda c: c.paths.model,
           outputs=lambda c: [c.paths.model / "codec" / "config.json", c.paths.model / "ar" / "model.safetensors",
                              c.paths.model / "nar" / "model.safetensors", c.paths.model / "text" / "text_vocab.json"],
@@ -529,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--run-dir", type=Path, default=Path("runs/quickstart"), help="where everything goes")
     parser.add_argument("--preset", default="cpu",
-                        help="cpu (the quickstart, about 22 minutes on 2 fast cores), tiny (seconds, for tests) "
+                        help="cpu (the quickstart, about half an hour on 2 cores), tiny (seconds, for tests) "
                              "or a YAML file like recipes/configs/quickstart/cpu.yaml")
     parser.add_argument("--hours", type=float,
                         help=f"hours of synthetic speech (default {SYNTHETIC_QUICKSTART_HOURS:g}; tiny: 0.01)")

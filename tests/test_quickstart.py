@@ -17,9 +17,11 @@ from types import SimpleNamespace
 
 import pytest
 import soundfile as sf
+import yaml
 
 from recipes import evaluate, quickstart
 from recipes.stages import Pipeline, Stage, format_seconds, load_state
+from recipes.training import run_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -366,6 +368,61 @@ def test_a_new_decoder_is_exported_without_training_the_lms_again(tiny_run, tmp_
     assert (run_dir / "model" / "codec" / "model.safetensors").read_bytes() == decoder.read_bytes()
 
 
+def test_a_decoder_trained_in_two_processes_takes_half_the_batch_in_each(tiny_run, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    preset = tmp_path / "two.yaml"
+    settings = yaml.safe_load((quickstart.CONFIG_DIR / "quickstart" / "tiny.yaml").read_text())
+    settings["decoder"]["processes"] = 2
+    preset.write_text(yaml.safe_dump(settings))
+    shutil.rmtree(run_dir / "decoder")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "main", fake_evaluate)
+        quickstart.main(["--preset", str(preset), "--run-dir", str(run_dir), "--only", "decoder"])
+    state = json.loads((run_dir / "quickstart.json").read_text())
+    assert state["stages"]["decoder"]["status"] == "completed"
+    config = yaml.safe_load((run_dir / "decoder" / "config.yaml").read_text())
+    assert (config["batch_size"], config["phonetic_batch_size"]) == (1, 2)  # tiny's 2 and 4, shared by two
+    assert (run_dir / "decoder" / "model" / "model.safetensors").is_file()
+
+
+def test_a_batch_that_processes_cannot_share_is_refused():
+    config = SimpleNamespace(batch_size=16, max_frames=3001)
+    assert quickstart.batch_shares(config, ("batch_size",), 2) == ["--batch_size", "8"]
+    with pytest.raises(SystemExit, match="max_frames=3001 cannot be shared by 2 processes"):
+        quickstart.batch_shares(config, ("max_frames",), 2)
+
+
+def test_ctrl_c_stops_a_training_in_two_processes_and_its_workers(tiny_run, tmp_path):
+    corpus, run_dir = tiny_run[0] / "corpus", tmp_path / "codec"
+    argv = ["--preset", "tiny", "--train_manifest", str(corpus / "train.jsonl"), "--dev_manifest",
+            str(corpus / "dev.jsonl"), "--run_dir", str(run_dir), "--steps", "100000", "--checkpoint_every", "2",
+            "--val_every", "100000"]
+    script = f"from recipes.training import run_recipe; run_recipe('recipes.train_codec', {argv!r}, 2)"
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert list((run_dir / "checkpoints").glob("step-*")), "the two processes wrote no checkpoint"
+    parent.send_signal(signal.SIGINT)  # Ctrl-C, to the quickstart's process alone
+    assert parent.wait(timeout=90) != 0
+    left = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout.split()
+    assert not left, f"training processes outlived the launcher: {left}"
+
+
+def test_processes_for_an_lm_stage_that_does_not_run_are_refused(tmp_path):
+    config = quickstart.QuickstartConfig()
+    config.lm.stages = {"ar": {}, "nar": {}}
+    config.lm.processes = {"both": 2}
+    ctx = quickstart.Context(quickstart.Paths(tmp_path), config, {"stages": {}})
+    with pytest.raises(SystemExit, match=r"lm.processes names \['both'\], which are not among the LM stages"):
+        quickstart.run_lm(ctx)
+
+
+def test_a_recipe_that_fails_in_two_processes_raises_with_its_status():
+    with pytest.raises(RuntimeError, match="recipes.train_codec in 2 processes exited with status"):
+        run_recipe("recipes.train_codec", ["--preset", "tiny", "--no_such_setting", "1"], processes=2)
+
+
 def test_from_stage_and_only_redo_what_they_name(tiny_run, tmp_path):
     run_dir = copy_of(tiny_run, tmp_path)
     state = run_quickstart(run_dir, "--from-stage", "samples")
@@ -442,6 +499,7 @@ def test_an_old_state_file_resumes(tiny_run, tmp_path):
     old = {"stages": {name: state["stages"][name] for name in kept}, "preset": "tiny", "config": state["config"],
            "last_run": {"command": "python recipes/quickstart.py --preset tiny",
                         "started_at": "2026-12-01T15:25:55+00:00", "ran": [], "skipped": {}}}
+    old["stages"]["codec"]["settings"] = {"preset": "tiny", "overrides": {}}  # before stages had `processes`
     old["stages"]["decoder"] = {"status": "running", "settings": state["stages"]["decoder"]["settings"],
                                 "started_at": "2026-12-01T18:49:40+00:00", "seconds": 12.5}
     (run_dir / "quickstart.json").write_text(json.dumps(old))
