@@ -1,5 +1,5 @@
 """The quickstart: from nothing to a cloned voice on a laptop CPU in one command (25.8 minutes on the
-2-core development machine, twice that on a slow day).
+2-core development machine, about twice that on a slow day).
 
     python recipes/quickstart.py                                   # everything, into runs/quickstart
     python recipes/quickstart.py --preset tiny --run-dir runs/qs-tiny   # the same path in seconds (tests)
@@ -265,11 +265,12 @@ def _train_codec(ctx: Context, run_dir: Path, what: str, extra: list[str], proce
     """recipes/train_codec.py on the corpus into `run_dir`, resumed from its checkpoints if it has any."""
     from recipes.train_codec import TrainCodecConfig
 
-    p = ctx.paths
-    argv = ["--preset", ctx.config.codec.preset, "--train_manifest", str(p.corpus / "train.jsonl"),
-            "--dev_manifest", str(p.corpus / "dev.jsonl"), "--run_dir", str(run_dir), *extra]
+    p, preset = ctx.paths, ctx.config.codec.preset
+    overrides = ["--train_manifest", str(p.corpus / "train.jsonl"), "--dev_manifest", str(p.corpus / "dev.jsonl"),
+                 "--run_dir", str(run_dir), *extra]
+    argv = ["--preset", preset, *overrides]
     if processes > 1:
-        config = load_config(TrainCodecConfig, ctx.config.codec.preset, argv[2:], preset_dir=CONFIG_DIR / "codec")
+        config = load_config(TrainCodecConfig, preset, overrides, preset_dir=CONFIG_DIR / "codec")
         argv += batch_shares(config, ("batch_size", "phonetic_batch_size"), processes)
     resume = bool(checkpoint_dirs(run_dir))
     if resume:
@@ -319,10 +320,11 @@ def run_lm(ctx: Context) -> dict[str, Any]:
     resumed = []
     for stage, overrides in c.stages.items():
         processes = c.processes.get(stage, 1)
-        argv = ["--preset", c.preset, "--tokens", str(p.tokens), "--run_dir", str(p.lm),
-                "--codec", str(p.codec_model), "--stage", stage, *recipe_argv(c.overrides), *recipe_argv(overrides)]
+        settings = ["--tokens", str(p.tokens), "--run_dir", str(p.lm), "--codec", str(p.codec_model), "--stage", stage,
+                    *recipe_argv(c.overrides), *recipe_argv(overrides)]
+        argv = ["--preset", c.preset, *settings]
         if processes > 1:
-            config = load_config(TrainLMConfig, c.preset, argv[2:], preset_dir=CONFIG_DIR / "lm")
+            config = load_config(TrainLMConfig, c.preset, settings, preset_dir=CONFIG_DIR / "lm")
             argv += batch_shares(config, ("max_frames",), processes)
         found = checkpoint_dirs(p.lm, f"checkpoints-{stage}")
         if found:

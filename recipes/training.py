@@ -355,6 +355,13 @@ def resume_from_checkpoint(accelerator: Any, run_dir: str | Path, folder: str = 
 # ---------------------------------------------------------------- processes
 
 
+def torchrun_command(processes: int, *program: str) -> list[str]:
+    """The command that starts `processes` processes of `program` (a script or `-m module`, and its arguments)
+    on this machine under torchrun, with this Python."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            *program]
+
+
 def run_recipe(module: str, argv: list[str], processes: int = 1) -> None:
     """Run the training recipe `module` ("recipes.train_lm") with `argv`: its `main(argv)` in this process,
     or, with `processes` > 1, that many processes of one torch thread each under torchrun (gloo; each
@@ -371,8 +378,7 @@ def run_recipe(module: str, argv: list[str], processes: int = 1) -> None:
         importlib.import_module(module).main(argv)
         return
     threads = max(1, (os.cpu_count() or processes) // processes)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", module, *argv]
+    command = torchrun_command(processes, "-m", module, *argv)
     launcher = subprocess.Popen(command, env=os.environ | {"OMP_NUM_THREADS": str(threads)})
     try:
         code = launcher.wait()

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from data.sentences import generate_sentences
 from lm.ar import ARConfig, ARModel
 from lm.nar import NARConfig, NARModel
 from lm.pretrained import text_vocab_identity
+from recipes.training import torchrun_command
 
 SR = 16000
 TEXT = "The children found a tiny kite near the bridge."
@@ -63,8 +63,7 @@ def launch_two_processes(recipe: str, record_dir: Path, *args: str) -> subproces
     processes only through mpirun.) To crash the run, kill the launcher and the process ids the
     workers recorded: torchrun starts them in sessions of their own."""
     record_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(DISTRIBUTED_WORKER), recipe, *args]
+    command = torchrun_command(2, str(DISTRIBUTED_WORKER), recipe, *args)
     env = os.environ | {"ECHO_TEST_RECORD": str(record_dir), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
