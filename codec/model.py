@@ -284,6 +284,16 @@ class EchoCodec(Codec):
         return codes
 
     @torch.no_grad()
+    def decode_unquantized(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav [B, 1, T] -> wav [B, 1, F * hop_length] decoded from the encoder's latent as it is, without the
+        quantizer (the pitch stream's F0 coded as always): what the encoder and decoder keep of the recording,
+        the codebooks' loss aside (recipes/diagnose_codec.py)."""
+        self.check_wav(wav)
+        padded = self._pad(wav)
+        f0 = dequantize_f0(self._pitch_codes(padded), self.config.pitch_bins) if self.config.pitch_bins else None
+        return self._decode_latent(self.encoder(padded), f0)
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, F] (the first K rows) -> wav [B, 1, F * hop_length]."""
         self.check_codes(codes)

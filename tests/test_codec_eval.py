@@ -284,6 +284,44 @@ def test_diagnose_codec_recipe_scores_each_rendering(tiny_codec_dir, wav_dir, tm
     assert "| codec magnitude, true phase |" in capsys.readouterr().out
 
 
+def test_diagnose_codec_counts_the_words_each_rendering_loses(wav_dir, tmp_path, monkeypatch, capsys):
+    from data.manifest import Utterance, write_manifest
+
+    from recipes import diagnose_codec as recipe
+
+    torch.manual_seed(0)
+    pitched = EchoCodec(CodecConfig(sample_rate=16000, architecture="istft", strides=(160,), n_fft=400, width=16,
+                                    depth=1, latent_dim=8, n_q=2, codebook_size=16, pitch_bins=8))
+    pitched = pitched.save_pretrained(tmp_path / "codec")
+    utterances = [Utterance(p.stem, str(p), "hello there world", p.parent.name, 1.0)
+                  for p in sorted(wav_dir.rglob("*.wav"))]
+    write_manifest(tmp_path / "test.jsonl", utterances)
+    (tmp_path / "speakers.json").write_text(json.dumps({"speakers": [{"id": "spk0", "engine": "flite"},
+                                                                    {"id": "spk1", "engine": "flite"}]}))
+
+    class RecordingsBetter:  # hears one word too few in a recording, two in anything the codec rendered
+        name = "fake"
+
+        def transcribe_many(self, clips):
+            batches.append(len(clips))
+            return ["hello world"] + ["world"] * (len(clips) - 1)  # the recording comes first
+
+    batches = []
+    monkeypatch.setattr(recipe, "load_asr", lambda spec, language, device: RecordingsBetter())
+    table = recipe.main(["--codec", str(pitched), "--manifest", str(tmp_path / "test.jsonl"), "--families", "flite",
+                         "--per-speaker", "1", "--asr", "fake", "--out", str(tmp_path / "d.json")])
+    words = table["words"]
+    assert {"recording", "codec", "latent unquantized", "codes without F0", "true magnitude, codec phase"} <= set(words)
+    assert words["recording"]["wer"] == pytest.approx(1 / 3) and words["codec"]["wer"] == pytest.approx(2 / 3)
+    assert words["codec"]["ratio"] == pytest.approx(2.0) and words["recording"]["ratio"] == 1.0
+    assert batches == [len(words)] * 2  # each utterance: its recording and every rendering in one call
+    assert set(words["codec"]["by_speaker"]) == {"spk0", "spk1"}  # one utterance of each
+    assert table["codec"]["files"] == 2 and table["latent unquantized"]["files"] == 2
+    assert "| codes without F0 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        recipe.main(["--codec", str(pitched), "--wav-dir", str(wav_dir), "--asr", "pocketsphinx"])
+
+
 def test_pitch_agreement_counts_frames_whose_f0_the_codec_keeps():
     from recipes.diagnose_codec import pitch_agreement
 

@@ -187,3 +187,19 @@ def test_config_keeps_old_hashes_and_refuses_a_pitch_stream_it_cannot_hold(tmp_p
     assert loaded.config == codec.config
     wav = tone([180.0])
     assert torch.equal(loaded.decode(loaded.encode(wav)), codec.decode(codec.encode(wav)))
+
+
+def test_the_unquantized_decoding_skips_only_the_codebooks():
+    torch.manual_seed(0)
+    codec = EchoCodec(CodecConfig(**TINY, pitch_bins=8)).eval()
+    wav = tone([150.0, 220.0], 0.3)
+    unquantized, coded = codec.decode_unquantized(wav), codec.decode(codec.encode(wav))
+    assert unquantized.shape == coded.shape == (1, 1, wav.shape[-1])
+    for layer in codec.quantizer.layers:  # other codebooks: the codes' decoding moves, the latent's does not
+        layer.embedding.mul_(2.0)
+    assert not torch.allclose(codec.decode(codec.encode(wav)), coded, atol=1e-4)
+    assert torch.equal(codec.decode_unquantized(wav), unquantized)
+    # The pitch stream's F0 still reaches it: a deeper comb changes it.
+    with torch.no_grad():
+        codec.decoder.source.gain.fill_(0.5)
+    assert not torch.allclose(codec.decode_unquantized(wav), unquantized, atol=1e-4)
