@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from app.evaluation import read_voice_families
 from app.meters import ErrorCount, load_asr, transcribe_all, word_errors
 from codec.evaluation import audio_files
+from codec.interface import Codec
 from codec.loading import load_codec
 from codec.metrics import pesq_wb, stoi
 from codec.model import EchoCodec
@@ -84,7 +85,7 @@ def pitch_agreement(recording: torch.Tensor, coded: torch.Tensor, sample_rate: i
             "log_f0_spread_recording": float(log_recording.std()), "log_f0_spread_codec": float(log_coded.std())}
 
 
-def decodings(codec, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+def decodings(codec: Codec, wav: torch.Tensor) -> dict[str, torch.Tensor]:
     """wav [1, T] (whole frames) -> the codec's output and, for an Echo codec, its other decodings, each [T]."""
     length = wav.shape[-1]
     with torch.inference_mode():
@@ -99,10 +100,10 @@ def decodings(codec, wav: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: rendering[0, 0, :length] for name, rendering in out.items()}
 
 
-def read_sources(args: argparse.Namespace) -> list[tuple[str, Path, str | None, str | None]]:
-    """(id, audio path, transcript or None, speaker or None) of each file to diagnose."""
+def read_sources(args: argparse.Namespace) -> list[tuple[Path, str | None, str | None, str]]:
+    """(audio path, transcript or None, speaker or None, language) of each file to diagnose."""
     if args.wav_dir is not None:
-        return [(item_id, path, None, None) for item_id, path in audio_files(args.wav_dir)]
+        return [(path, None, None, "en-us") for _, path in audio_files(args.wav_dir)]
     utterances = read_manifest(args.manifest)
     if args.families:
         families = read_voice_families(args.manifest.parent / "speakers.json")
@@ -117,7 +118,7 @@ def read_sources(args: argparse.Namespace) -> list[tuple[str, Path, str | None, 
         utterances = kept
     if not utterances:
         raise SystemExit(f"{args.manifest} has no utterances of the families {args.families}")
-    return [(u.id, Path(u.audio_path), u.text, u.speaker) for u in utterances]
+    return [(Path(u.audio_path), u.text, u.speaker, u.language) for u in utterances]
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -143,11 +144,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     codec = load_codec(args.codec).eval()
     sr, generator = codec.sample_rate, torch.Generator().manual_seed(0)
     files = read_sources(args)
-    asr = None if args.asr == "none" else load_asr(args.asr, "en-us", "cpu")
+    asr = None if args.asr == "none" else load_asr(args.asr, files[0][3], "cpu")
     scores: dict[str, list[tuple[float, float]]] = {}
     pitch: list[dict[str, float]] = []
     words: dict[str, dict[str, ErrorCount]] = {}  # speaker -> rendering -> errors
-    for _, path, text, speaker in tqdm(files, desc="files"):
+    for path, text, speaker, language in tqdm(files, desc="files"):
         wav, _ = load_audio(path, sr)
         wav = wav[:, : wav.shape[-1] // codec.hop_length * codec.hop_length]
         renderings = decodings(codec, wav)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             heard = transcribe_all(asr, [(recording, sr)] + [(r, sr) for r in renderings.values()])
             counts = words.setdefault(speaker, {})
             for name, transcript in zip(["recording", *renderings], heard):
-                counts[name] = counts.get(name, ErrorCount(0, 0)) + word_errors(text, transcript)
+                counts[name] = counts.get(name, ErrorCount(0, 0)) + word_errors(text, transcript, language)
     table = {name: {"pesq_wb": float(np.nanmean([p for p, _ in rows])), "stoi": float(np.nanmean([s for _, s in rows])),
                     "files": len(rows)} for name, rows in scores.items()}
     print(f"| rendering ({args.codec}, {len(files)} files) | PESQ-wb | STOI |\n|---|---:|---:|")
